@@ -1,0 +1,1 @@
+"""MXQ-VAE in JAX/Flax NNX: unconditional generation of image-caption pairs."""

@@ -1,0 +1,213 @@
+"""The config schema: every field, its unit and default, and the checks run before training.
+
+`base_config()` holds the reference values of the design card (`shared/design/mxq-vae.md`);
+files in `configs/` start from it and change what their experiment needs. `validate` turns a
+bad value into one `ConfigError` line that says what is wrong and how to fix it.
+"""
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message says which field and what to do."""
+
+
+def parse_variant(arg: str | None, allowed: tuple[str, ...]) -> str:
+  """The `:ARG` of `--config=configs/NAME.py:ARG`, checked against the variants a file offers."""
+  variant = arg or "default"
+  if variant not in allowed:
+    raise ConfigError(f"unknown config argument {variant!r}; use one of {', '.join(allowed)}")
+  return variant
+
+
+def optim_config(**overrides) -> ml_collections.ConfigDict:
+  """Optimizer and loop settings; stage 1 and stage 2 each own one (same schema, same code)."""
+  optim = ml_collections.ConfigDict(dict(
+      batch_size=384,  # examples per step, global (all devices and hosts together).
+      num_steps=20_000,  # optimizer steps.
+      learning_rate=3e-4,  # peak AdamW learning rate.
+      warmup_steps=1_000,  # linear warm-up steps, then cosine decay to end_lr_fraction * peak.
+      end_lr_fraction=0.01,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      weight_decay=5e-4,  # AdamW decoupled weight decay (the reference's value).
+      grad_clip_norm=1.0,  # global-norm clipping; 0 turns it off.
+      log_every=100,  # steps between training-metric writes.
+      eval_every=1_000,  # steps between test-split evaluations (0: only at the end).
+      checkpoint_every=1_000,  # steps between checkpoints (a final one is always written).
+      keep_checkpoints=2,  # most recent checkpoints kept on disk.
+  ))
+  optim.update(overrides)
+  return optim
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field the code reads, at the reference (Caption-MNIST, 64 px) values."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # seeds parameter init, data order, masking and dropout.
+
+  config.data = ml_collections.ConfigDict(dict(
+      name="caption_digits",  # TFDS builder name (caption_digits is built offline).
+      data_dir="",  # TFDS data directory; "" means TFDS's default (~/tensorflow_datasets).
+      image_size=64,  # px, square.
+      num_train=60_000,  # caption_digits only: examples rendered for the train split.
+      num_test=10_000,  # caption_digits only: examples rendered for the test split.
+      dataset_seed=0,  # caption_digits only: seed of the renderer.
+      text_length=64,  # tokens per caption, BOS and EOS included.
+      vocab_size=128,  # SentencePiece vocabulary, the special pieces included.
+      shuffle_buffer=20_000,  # examples; the in-memory datasets use their whole size if smaller.
+  ))
+
+  config.masking = ml_collections.ConfigDict(dict(
+      image_patch=8,  # px: side of the square patches the image is cut into.
+      image_ratio=0.3,  # fraction of patches zeroed in a training input.
+      text_ratio=0.3,  # fraction of real (non-pad) tokens replaced by the mask id.
+  ))
+
+  config.vqvae = ml_collections.ConfigDict(dict(
+      # Image CNN: three stride-2 4x4 convs, one 3x3 conv, residual stack, 1x1 conv to D.
+      image_channels=(64, 128, 256),
+      res_channels=256,
+      num_res_blocks=6,
+      # Text 1-D CNN: embedding, four VALID convs of one kernel, 1x1 conv to D.
+      text_embed_dim=128,
+      text_channels=(224, 320, 416, 512),  # widths of the four Conv1d after the embedding.
+      text_kernel=15,  # 64 tokens -> 64 - 4 * (15 - 1) = 8 text positions.
+      # Fusion: a BERT-style post-LN Transformer encoder over image then text positions.
+      embed_dim=128,  # D: fusion width, codebook vector size.
+      fusion_layers=4,
+      fusion_heads=2,
+      fusion_mlp_dim=512,
+      dropout=0.1,
+      position_embeddings=True,  # learned position + modality embeddings (reference: False).
+      # Shared codebook.
+      codebook_size=256,  # K.
+      beta=0.25,  # commitment weight.
+      codebook_update="ema",  # "ema" (moving averages) or "gradient" (the reference).
+      codebook_init="data",  # "data": encoder outputs of the first batch; "uniform": U(-1/K, 1/K).
+      ema_decay=0.99,  # codebook_update="ema" only.
+      dead_code_restart=True,  # codebook_update="ema" only: re-seed codes unused for a while.
+      dead_code_threshold=0.03,  # restart a code when its EMA use per batch falls below this.
+      # Cross decoding: the text mixer's hidden width over positions (32 at 64 px, 128 at 128 px).
+      text_mix_hidden=32,
+      dtype="float32",  # compute dtype ("bfloat16" on accelerators); parameters stay float32.
+  ))
+  config.vqvae.optim = optim_config()
+
+  config.mesh = ml_collections.ConfigDict(dict(
+      data=-1,  # devices on the batch axis; -1 takes all devices fsdp leaves.
+      fsdp=1,  # devices that shard parameters and optimizer state (1: replicated).
+  ))
+  return config
+
+
+def apply_paper_sizes(config: ml_collections.ConfigDict) -> None:
+  """The reference sizes: 64 px, 64 tokens, 72 joint codes, 256 x 128 codebook, 6 res blocks."""
+  reference = base_config()
+  config.data.image_size = reference.data.image_size
+  config.data.text_length = reference.data.text_length
+  for key in ("image_channels", "res_channels", "num_res_blocks", "text_embed_dim",
+              "text_channels", "text_kernel", "embed_dim", "fusion_layers", "fusion_heads",
+              "fusion_mlp_dim", "dropout", "codebook_size", "text_mix_hidden"):
+    config.vqvae[key] = reference.vqvae[key]
+
+
+def apply_smoke_sizes(config: ml_collections.ConfigDict) -> None:
+  """A tiny model and a few steps: enough to exercise every code path in seconds."""
+  config.data.image_size = 16
+  config.data.num_train = 256
+  config.data.num_test = 64
+  config.data.text_length = 24
+  config.data.vocab_size = 64
+  vq = config.vqvae
+  vq.image_channels = (8, 16, 16)
+  vq.res_channels = 16
+  vq.num_res_blocks = 1
+  vq.text_embed_dim = 16
+  vq.text_channels = (16, 16, 16, 16)
+  vq.text_kernel = 5
+  vq.embed_dim = 16
+  vq.fusion_layers = 1
+  vq.fusion_heads = 2
+  vq.fusion_mlp_dim = 32
+  vq.codebook_size = 32
+  vq.text_mix_hidden = 8
+  vq.optim.update(batch_size=16, num_steps=6, warmup_steps=2, log_every=2, eval_every=0,
+                  checkpoint_every=3)
+
+
+# ------------------------------------------------------------------------------- derived sizes
+
+
+def image_grid_size(config: ml_collections.ConfigDict) -> int:
+  """Side of the image code grid: three stride-2 convs divide the image side by 8."""
+  return config.data.image_size // 8
+
+
+def text_positions(config: ml_collections.ConfigDict) -> int:
+  """Text code positions: four VALID convs of kernel k shorten L by 4 (k - 1)."""
+  return config.data.text_length - 4 * (config.vqvae.text_kernel - 1)
+
+
+def num_joint_codes(config: ml_collections.ConfigDict) -> int:
+  """N: image grid positions, then text positions."""
+  return image_grid_size(config) ** 2 + text_positions(config)
+
+
+# ---------------------------------------------------------------------------------- validation
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+  """Raises ConfigError (one line: field, value, fix) for a config that cannot train."""
+  data, vq, masking = config.data, config.vqvae, config.masking
+  if data.image_size <= 0 or data.image_size % 8:
+    raise ConfigError(
+        f"config.data.image_size={data.image_size} must be a positive multiple of 8: the image "
+        "encoder halves it three times (try 32, 64 or 128)")
+  if data.image_size % masking.image_patch:
+    raise ConfigError(
+        f"config.masking.image_patch={masking.image_patch} must divide "
+        f"config.data.image_size={data.image_size}")
+  if text_positions(config) < 1:
+    raise ConfigError(
+        f"config.data.text_length={data.text_length} is too short for "
+        f"config.vqvae.text_kernel={vq.text_kernel}: four VALID convs need text_length > "
+        f"{4 * (vq.text_kernel - 1)}; raise text_length or lower text_kernel")
+  if data.vocab_size < 16:
+    raise ConfigError(f"config.data.vocab_size={data.vocab_size} is too small; use at least 16")
+  for name in ("image_ratio", "text_ratio"):
+    if not 0.0 <= masking[name] < 1.0:
+      raise ConfigError(f"config.masking.{name}={masking[name]} must be in [0, 1)")
+  if vq.embed_dim % vq.fusion_heads:
+    raise ConfigError(
+        f"config.vqvae.embed_dim={vq.embed_dim} must be divisible by "
+        f"config.vqvae.fusion_heads={vq.fusion_heads}")
+  if vq.codebook_update not in ("ema", "gradient"):
+    raise ConfigError(
+        f"config.vqvae.codebook_update={vq.codebook_update!r}: use 'ema' or 'gradient'")
+  if vq.codebook_init not in ("data", "uniform"):
+    raise ConfigError(f"config.vqvae.codebook_init={vq.codebook_init!r}: use 'data' or 'uniform'")
+  if vq.codebook_update == "gradient" and (vq.dead_code_restart or vq.codebook_init == "data"):
+    raise ConfigError(
+        "config.vqvae.dead_code_restart and codebook_init='data' need codebook_update='ema'; "
+        "set --config.vqvae.codebook_update=ema, or dead_code_restart=False and "
+        "codebook_init=uniform for the reference's gradient codebook")
+  if vq.dtype not in ("float32", "bfloat16"):
+    raise ConfigError(f"config.vqvae.dtype={vq.dtype!r}: use 'float32' or 'bfloat16'")
+  validate_optim(vq.optim, "config.vqvae.optim", num_devices)
+  if config.mesh.fsdp < 1:
+    raise ConfigError(f"config.mesh.fsdp={config.mesh.fsdp} must be >= 1")
+
+
+def validate_optim(optim: ml_collections.ConfigDict, where: str, num_devices: int | None) -> None:
+  if optim.num_steps < 1:
+    raise ConfigError(f"{where}.num_steps={optim.num_steps} must be >= 1")
+  if optim.batch_size < 1:
+    raise ConfigError(f"{where}.batch_size={optim.batch_size} must be >= 1")
+  if num_devices and optim.batch_size % num_devices:
+    raise ConfigError(
+        f"{where}.batch_size={optim.batch_size} must be divisible by the {num_devices} devices "
+        "of the mesh; pick a multiple")
+  if optim.learning_rate <= 0:
+    raise ConfigError(f"{where}.learning_rate={optim.learning_rate} must be > 0")
