@@ -14,7 +14,7 @@ setuptools.setup(
         # jax 0.10.x is the newest for Python 3.11; Python 3.12+ gets 0.11+.
         "jax>=0.10.0",
         "flax>=0.12.0",
-        "optax>=0.2.5",
+        "optax>=0.2.6",
         "orbax-checkpoint>=0.11.0",
         "tensorflow-datasets>=4.9.8",
         # tf.data input pipeline and clu's TensorBoard writer; the CPU build is enough

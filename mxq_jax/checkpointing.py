@@ -1,0 +1,69 @@
+"""Orbax checkpoints of a stage: the train state plus a JSON record of what made it.
+
+Orbax writes each step to a temporary directory and renames it when complete, so a crash
+mid-save leaves nothing that `latest_step()` would trust. The JSON record holds the config
+fields that fix the shapes of the state (`signature`); restoring into a different model is
+refused before anything is written.
+"""
+
+import json
+import os
+
+import orbax.checkpoint as ocp
+
+from mxq_jax import config_lib
+
+
+def make_manager(directory: str, keep: int) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+  return ocp.CheckpointManager(
+      os.path.abspath(directory), options=options, item_names=("state", "meta"))
+
+
+def save(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
+  """Starts an (asynchronous) save of `state` at `step`; `meta` must be JSON-serializable."""
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+
+def read_meta(manager: ocp.CheckpointManager, step: int | None = None) -> dict | None:
+  """The JSON record of `step` (default: latest), or None when there is no checkpoint."""
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    return None
+  return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
+  """Restores `step` into the structure, dtypes and shardings of `abstract_state`."""
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state)))
+  return restored.state
+
+
+def check_directory(directory: str, signature: dict) -> None:
+  """Reads (never creates) `directory`'s latest checkpoint record and checks it matches."""
+  if not os.path.isdir(directory):
+    return
+  manager = ocp.CheckpointManager(os.path.abspath(directory),
+                                  options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+  try:
+    check_compatible(read_meta(manager), signature, directory)
+  finally:
+    manager.close()
+
+
+def check_compatible(saved_meta: dict | None, signature: dict, directory: str) -> None:
+  """Refuses (ConfigError, one line) a checkpoint written for differently shaped state."""
+  if saved_meta is None:
+    return
+  saved = saved_meta.get("signature", {})
+  # JSON turns tuples into lists; compare through one canonical encoding.
+  canon = lambda d: {k: json.loads(json.dumps(v)) for k, v in d.items()}
+  saved, current = canon(saved), canon(signature)
+  diffs = [f"{key}: checkpoint {saved.get(key)!r} vs config {current.get(key)!r}"
+           for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
+  if diffs:
+    raise config_lib.ConfigError(
+        f"{directory} holds checkpoints of a different model ({'; '.join(diffs[:3])}"
+        f"{'; ...' if len(diffs) > 3 else ''}); use a new --workdir, or the config that wrote it")

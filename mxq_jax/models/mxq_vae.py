@@ -1,0 +1,126 @@
+"""MXQ-VAE, stage 1: image + caption -> one joint code sequence -> image + caption.
+
+images -> ImageEncoder -> [B, g*g, D] \
+                                        concat -> FusionEncoder -> Quantizer -> codes [B, N]
+tokens -> TextEncoder  -> [B, T, D]   /
+codes -> codebook vectors [B, N, D] -> image mixer (N -> g*g over positions) -> ImageDecoder
+                                    -> text mixer  (N -> h -> T over positions) -> TextDecoder
+
+Masking of the inputs happens in the train step (`mxq_jax.masking`): the model reconstructs
+whatever pair it is given, and the loss compares it with the unmasked originals.
+"""
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from mxq_jax import config_lib
+from mxq_jax.models.fusion import FusionEncoder
+from mxq_jax.models.image_codec import ImageDecoder, ImageEncoder
+from mxq_jax.models.quantizer import Quantizer, QuantizerOutput
+from mxq_jax.models.text_codec import TextDecoder, TextEncoder
+
+
+@flax.struct.dataclass
+class StageOneOutput:
+  """One stage-1 forward pass (all arrays float32 except codes)."""
+  images: jax.Array  # [B, H, W, 3] reconstruction, normalized pixel space.
+  text_logits: jax.Array  # [B, L, V] per-position vocabulary logits.
+  codes: jax.Array  # [B, N] int32 joint codes: image grid (row-major) first, then text.
+  quantizer: QuantizerOutput  # losses and codebook statistics.
+
+
+class PositionMixer(nnx.Module):
+  """Linear maps over the position axis, shared by all D channels: [B, N, D] -> [B, M, D].
+
+  `widths` = (N, M) is the reference image mixer; (N, h, M) adds a hidden layer with a ReLU
+  (the reference text mixer).
+  """
+
+  def __init__(self, widths: tuple[int, ...], *, dtype: jnp.dtype = jnp.float32,
+               rngs: nnx.Rngs):
+    self.layers = nnx.List([
+        nnx.Linear(n_in, n_out, dtype=dtype, rngs=rngs)
+        for n_in, n_out in zip(widths[:-1], widths[1:])
+    ])
+
+  def __call__(self, z_BxNxD: jax.Array) -> jax.Array:
+    x_BxDxN = jnp.swapaxes(z_BxNxD, 1, 2)  # Positions last, so Linear mixes positions.
+    for i, layer in enumerate(self.layers):
+      x_BxDxN = layer(x_BxDxN)
+      if i < len(self.layers) - 1:
+        x_BxDxN = jax.nn.relu(x_BxDxN)
+    return jnp.swapaxes(x_BxDxN, 1, 2)
+
+
+class MXQVAE(nnx.Module):
+  """The stage-1 model. Reads config.data (image_size, text_length, vocab_size) and config.vqvae."""
+
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    vq = config.vqvae
+    dtype = jnp.dtype(vq.dtype)
+    dim = vq.embed_dim
+    self.grid = config_lib.image_grid_size(config)
+    self.num_image = self.grid**2
+    self.num_text = config_lib.text_positions(config)
+    num_codes = self.num_image + self.num_text
+    image_sizes = (tuple(vq.image_channels), vq.res_channels, vq.num_res_blocks, dim)
+    text_sizes = (config.data.vocab_size, vq.text_embed_dim, tuple(vq.text_channels),
+                  vq.text_kernel, dim)
+
+    self.image_encoder = ImageEncoder(*image_sizes, dtype=dtype, rngs=rngs)
+    self.text_encoder = TextEncoder(*text_sizes, dtype=dtype, rngs=rngs)
+    self.fusion = FusionEncoder(
+        dim, vq.fusion_layers, vq.fusion_heads, vq.fusion_mlp_dim, vq.dropout,
+        num_image=self.num_image, num_text=self.num_text,
+        position_embeddings=vq.position_embeddings, dtype=dtype, rngs=rngs)
+    self.quantizer = Quantizer(
+        vq.codebook_size, dim, update=vq.codebook_update, init=vq.codebook_init,
+        ema_decay=vq.ema_decay, dead_code_restart=vq.dead_code_restart,
+        dead_code_threshold=vq.dead_code_threshold, rngs=rngs)
+    self.image_mixer = PositionMixer((num_codes, self.num_image), dtype=dtype, rngs=rngs)
+    self.text_mixer = PositionMixer((num_codes, vq.text_mix_hidden, self.num_text),
+                                    dtype=dtype, rngs=rngs)
+    self.image_decoder = ImageDecoder(*image_sizes, dtype=dtype, rngs=rngs)
+    self.text_decoder = TextDecoder(*text_sizes, dtype=dtype, rngs=rngs)
+
+  def features(self, images_BxHxWx3: jax.Array, tokens_BxL: jax.Array, *, train: bool,
+               rngs: nnx.Rngs | None = None) -> jax.Array:
+    """Fused, pre-quantization features z [B, N, D]."""
+    zi_BxGxGxD = self.image_encoder(images_BxHxWx3)
+    zi_BxIxD = zi_BxGxGxD.reshape(zi_BxGxGxD.shape[0], self.num_image, -1)
+    zt_BxTxD = self.text_encoder(tokens_BxL)
+    z_BxNxD = jnp.concatenate([zi_BxIxD, zt_BxTxD.astype(zi_BxIxD.dtype)], axis=1)
+    return self.fusion(z_BxNxD, train=train, rngs=rngs)
+
+  def decode_vectors(self, zq_BxNxD: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Code vectors [B, N, D] -> (images [B, H, W, 3], text logits [B, L, V]), float32."""
+    zi_BxIxD = self.image_mixer(zq_BxNxD)
+    zi_BxGxGxD = zi_BxIxD.reshape(zi_BxIxD.shape[0], self.grid, self.grid, -1)
+    images_BxHxWx3 = self.image_decoder(zi_BxGxGxD)
+    logits_BxLxV = self.text_decoder(self.text_mixer(zq_BxNxD))
+    return images_BxHxWx3.astype(jnp.float32), logits_BxLxV.astype(jnp.float32)
+
+  def __call__(self, images_BxHxWx3: jax.Array, tokens_BxL: jax.Array, *, train: bool,
+               rngs: nnx.Rngs | None = None) -> StageOneOutput:
+    """Encode, quantize, decode. train=True: dropout on and EMA codebook updates (needs rngs)."""
+    z_BxNxD = self.features(images_BxHxWx3, tokens_BxL, train=train, rngs=rngs)
+    q = self.quantizer(z_BxNxD, train=train, rngs=rngs)
+    images, logits = self.decode_vectors(q.quantized)
+    return StageOneOutput(images=images, text_logits=logits, codes=q.codes, quantizer=q)
+
+  def encode(self, images_BxHxWx3: jax.Array, tokens_BxL: jax.Array) -> jax.Array:
+    """Joint codes [B, N] of a pair, in eval mode (no dropout, no codebook update)."""
+    z_BxNxD = self.features(images_BxHxWx3, tokens_BxL, train=False)
+    return self.quantizer(z_BxNxD, train=False).codes
+
+  def decode(self, codes_BxN: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Joint codes [B, N] -> (images [B, H, W, 3], text logits [B, L, V])."""
+    return self.decode_vectors(self.quantizer.lookup(codes_BxN))
+
+
+def count_params(model: nnx.Module) -> int:
+  """Number of trainable (nnx.Param) scalars; EMA codebook state is not counted."""
+  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -1,0 +1,158 @@
+"""The shared training machinery, exercised on the stage-1 model at smoke size."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mxq_jax import checkpointing, config_lib, sharding, stage1, train_lib
+from mxq_jax.data import tokenizer as tokenizer_lib
+from conftest import load_config
+
+
+def fixed_batch(config, batch_size: int, seed: int = 0):
+  """Random normalized images and captions of random lengths (BOS, pieces, EOS, pads)."""
+  rng = np.random.default_rng(seed)
+  size, length = config.data.image_size, config.data.text_length
+  images = rng.normal(size=(batch_size, size, size, 3)).astype(np.float32)
+  tokens = np.full((batch_size, length), tokenizer_lib.PAD_ID, np.int32)
+  for row in tokens:
+    n = rng.integers(4, length - 2)
+    row[0] = tokenizer_lib.BOS_ID
+    row[1:n + 1] = rng.integers(5, config.data.vocab_size, size=n)
+    row[n + 1] = tokenizer_lib.EOS_ID
+  return {"image": images, "tokens": tokens}
+
+
+def place(batch, mesh):
+  return jax.device_put(batch, sharding.batch_sharding(mesh))
+
+
+def run_steps(config, mesh, batch, num_steps: int):
+  stage = stage1.make_stage(config)
+  _, shardings = train_lib.abstract_state(stage, mesh, config.seed)
+  state = train_lib.init_state(stage, mesh, config.seed)
+  step = train_lib.make_train_step(stage, mesh, shardings)
+  key = jax.random.key(config.seed)
+  losses = []
+  for _ in range(num_steps):
+    state, metrics = step(state, place(batch, mesh), key)
+    losses.append(float(metrics["loss"]))
+  return state, losses
+
+
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
+  config = load_config("synthetic", "smoke")
+  config.vqvae.optim.update(learning_rate=3e-3, warmup_steps=1, num_steps=40)
+  mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:1])
+  _, losses = run_steps(config, mesh, fixed_batch(config, 16), 40)
+  assert all(np.isfinite(losses))
+  # Random pixels and tokens cannot be memorized through 8-bit codes in 40 steps; the loss
+  # still has to fall well beyond step-to-step noise.
+  assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:3]), losses
+
+
+@pytest.mark.parametrize("data,fsdp", [(8, 1), (2, 4)])
+def test_sharded_step_matches_one_device(data, fsdp):
+  """Same loss and parameters on 8 devices (data-parallel, or fsdp-sharded) as on 1."""
+  config = load_config("synthetic", "smoke")
+  config.vqvae.optim.warmup_steps = 1
+  config.vqvae.dropout = 0.1  # dropout masks must not depend on the layout either.
+  batch = fixed_batch(config, 16)
+  one = sharding.make_mesh(config.mesh, devices=jax.devices()[:1])
+  state_1, losses_1 = run_steps(config, one, batch, 3)
+
+  config.mesh.fsdp = fsdp
+  mesh = sharding.make_mesh(config.mesh)
+  assert dict(mesh.shape) == {"data": data, "fsdp": fsdp}
+  state_n, losses_n = run_steps(config, mesh, batch, 3)
+
+  # Tolerance: float32 reductions are summed in another order when split over devices.
+  np.testing.assert_allclose(losses_n, losses_1, rtol=1e-5)
+  flat_1 = jax.tree.leaves(jax.device_get(state_1.params))
+  flat_n = jax.tree.leaves(jax.device_get(state_n.params))
+  assert len(flat_1) == len(flat_n)
+  for a, b in zip(flat_1, flat_n):
+    # Adam divides by sqrt(v): near-zero gradients summed in another order can move a
+    # parameter by a few percent of one step (lr = 3e-4 here), hence atol = 0.1 * lr.
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=0.1 * config.vqvae.optim.learning_rate)
+  if fsdp > 1:  # the fsdp mesh really shards the large parameters.
+    specs = [leaf.sharding.spec for leaf in jax.tree.leaves(state_n.params)]
+    assert any("fsdp" in spec for spec in specs), specs
+
+
+def test_checkpoint_restore_and_continue(tmp_path):
+  config = load_config("synthetic", "smoke")
+  config.vqvae.optim.update(num_steps=4, checkpoint_every=2, log_every=2)
+  mesh = sharding.make_mesh(config.mesh)
+  batch = fixed_batch(config, config.vqvae.optim.batch_size)
+  batches = lambda start: iter([place(batch, mesh)] * 100)
+  stage = stage1.make_stage(config)
+  workdir = str(tmp_path)
+
+  state = train_lib.train_stage(stage, workdir=workdir, mesh=mesh, seed=0, train_batches=batches)
+  assert int(state.step) == 4
+  manager = checkpointing.make_manager(os.path.join(workdir, "stage1", "checkpoints"), 2)
+  assert manager.all_steps() == [2, 4]
+  abstract, _ = train_lib.abstract_state(stage, mesh)
+  restored = checkpointing.restore(manager, 4, abstract)
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  manager.close()
+
+  # Asking for more steps continues from step 4, not from scratch.
+  config.vqvae.optim.num_steps = 6
+  starts = []
+  def recording_batches(start):
+    starts.append(start)
+    return batches(start)
+  state = train_lib.train_stage(stage1.make_stage(config), workdir=workdir, mesh=mesh, seed=0,
+                                train_batches=recording_batches)
+  assert starts == [4] and int(state.step) == 6
+
+
+def test_incompatible_checkpoint_is_refused_and_nothing_written(tmp_path):
+  config = load_config("synthetic", "smoke")
+  config.vqvae.optim.update(num_steps=2, checkpoint_every=2)
+  mesh = sharding.make_mesh(config.mesh)
+  batch = fixed_batch(config, config.vqvae.optim.batch_size)
+  train_lib.train_stage(stage1.make_stage(config), workdir=str(tmp_path), mesh=mesh, seed=0,
+                        train_batches=lambda start: iter([place(batch, mesh)] * 10))
+  before = sorted(str(p) + str(p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+
+  config.vqvae.embed_dim = 32
+  with pytest.raises(config_lib.ConfigError, match="embed_dim: checkpoint 16 vs config 32"):
+    train_lib.train_stage(stage1.make_stage(config), workdir=str(tmp_path), mesh=mesh, seed=0,
+                          train_batches=lambda start: iter([]))
+  after = sorted(str(p) + str(p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+  assert before == after
+
+
+def test_nan_loss_stops_with_a_clear_error(tmp_path):
+  config = load_config("synthetic", "smoke")
+  config.vqvae.optim.update(num_steps=2, log_every=1)
+  mesh = sharding.make_mesh(config.mesh)
+  batch = fixed_batch(config, config.vqvae.optim.batch_size)
+  batch["image"][:] = np.nan
+  with pytest.raises(FloatingPointError, match="the loss is nan at step 1"):
+    train_lib.train_stage(stage1.make_stage(config), workdir=str(tmp_path), mesh=mesh, seed=0,
+                          train_batches=lambda start: iter([place(batch, mesh)] * 10))
+  manager = checkpointing.make_manager(str(tmp_path / "stage1" / "checkpoints"), 2)
+  assert manager.latest_step() is None  # no NaN state was checkpointed.
+
+
+def test_psnr_and_text_accuracy_on_known_cases():
+  target = jnp.zeros((2, 4, 4, 3))
+  from mxq_jax.data import pipeline
+  # A reconstruction off by 0.1 in [0, 1] pixel space everywhere: MSE 0.01 -> 20 dB.
+  shifted = pipeline.normalize_images(
+      np.clip(pipeline.denormalize_images(np.zeros((2, 4, 4, 3))) + 0.1, 0, 1) * 255.0)
+  psnr = stage1.psnr_per_image(jnp.asarray(shifted), target)
+  np.testing.assert_allclose(psnr, 20.0, atol=0.3)  # 8-bit round trip of the target.
+
+  tokens = jnp.array([[2, 7, 8, 3, 0, 0]])
+  logits = jax.nn.one_hot(jnp.array([[2, 7, 9, 3, 5, 5]]), 10) * 50.0
+  _, accuracy = stage1.text_loss_and_accuracy(logits, tokens)
+  assert float(accuracy) == pytest.approx(0.75)  # pads are ignored; 3 of 4 real tokens.
