@@ -27,24 +27,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.vocab_size = 96  # SentencePiece pieces, the 5 special ones included.
 
   vq = config.vqvae
-  vq.image_channels = (32, 64, 128)  # channels of the three stride-2 convs.
-  vq.res_channels = 128  # channels of the residual stack.
-  vq.num_res_blocks = 2
+  vq.image_channels = (16, 32, 64)  # channels of the three stride-2 convs.
+  vq.res_channels = 64  # channels of the residual stack.
+  vq.num_res_blocks = 1
   vq.embed_dim = 64  # D: fusion width and codebook vector size.
-  vq.text_embed_dim = 64
-  vq.text_channels = (96, 128, 160, 192)  # the four Conv1d widths.
-  vq.text_kernel = 5  # 24 tokens -> 24 - 4 * (5 - 1) = 8 text codes.
+  vq.text_embed_dim = 32
+  vq.text_channels = (48, 64, 64, 64)  # the four Conv1d widths.
+  vq.text_kernel = 3  # 24 tokens -> 24 - 4 * (3 - 1) = 16 text codes; N = 4 * 4 + 16 = 32.
   vq.text_mix_hidden = 32
   vq.fusion_layers = 2
   vq.fusion_heads = 2
-  vq.fusion_mlp_dim = 256
+  vq.fusion_mlp_dim = 128
   vq.dropout = 0.0
-  vq.codebook_size = 256
+  vq.codebook_size = 512
 
-  vq.optim.batch_size = 64
-  vq.optim.num_steps = 6_000
+  vq.optim.batch_size = 32
+  vq.optim.num_steps = 5_000
   vq.optim.learning_rate = 2e-3
-  vq.optim.warmup_steps = 300
+  vq.optim.warmup_steps = 250
 
   if variant == "paper":
     config_lib.apply_paper_sizes(config)

@@ -86,6 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
       beta=0.25,  # commitment weight.
       codebook_update="ema",  # "ema" (moving averages) or "gradient" (the reference).
       codebook_init="data",  # "data": encoder outputs of the first batch; "uniform": U(-1/K, 1/K).
+      codebook_l2_normalize=False,  # match unit vectors (cosine similarity; ViT-VQGAN).
       ema_decay=0.99,  # codebook_update="ema" only.
       dead_code_restart=True,  # codebook_update="ema" only: re-seed codes unused for a while.
       dead_code_threshold=0.03,  # restart a code when its EMA use per batch falls below this.
@@ -119,7 +120,7 @@ def apply_smoke_sizes(config: ml_collections.ConfigDict) -> None:
   config.data.num_train = 256
   config.data.num_test = 64
   config.data.text_length = 24
-  config.data.vocab_size = 64
+  config.data.vocab_size = 96  # caption_digits' captions fit 24 tokens at this vocabulary.
   vq = config.vqvae
   vq.image_channels = (8, 16, 16)
   vq.res_channels = 16

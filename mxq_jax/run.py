@@ -15,13 +15,6 @@ def stage_checkpoint_dir(workdir: str, stage_name: str) -> str:
   return os.path.join(workdir, stage_name, "checkpoints")
 
 
-def write_json_atomically(path: str, payload: dict) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(payload, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-
-
 def preflight(config: ml_collections.ConfigDict, workdir: str) -> jax.sharding.Mesh:
   """Every check that can fail before anything is written to the workdir."""
   config_lib.validate(config, jax.device_count())
@@ -37,23 +30,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   os.makedirs(workdir, exist_ok=True)
   config_path = os.path.join(workdir, "config.json")
   if not os.path.exists(config_path) and jax.process_index() == 0:
-    write_json_atomically(config_path, config.to_dict())
+    train_lib.write_json_atomically(config_path, config.to_dict())
 
   splits = pipeline.load_splits(config, workdir)
   stage = stage1.make_stage(config, splits.tokenizer)
   batch_sharding = sharding.batch_sharding(mesh)
   batch_size = config.vqvae.optim.batch_size
-  state = train_lib.train_stage(
+  _, metrics = train_lib.train_stage(
       stage, workdir=workdir, mesh=mesh, seed=config.seed,
       train_batches=lambda start: pipeline.train_batches(
           splits.train, batch_size, config.seed, start, batch_sharding),
       eval_batches=lambda: pipeline.eval_batches(splits.test, batch_size, batch_sharding))
 
-  eval_step = train_lib.make_eval_step(stage, mesh, train_lib.abstract_state(stage, mesh)[1])
-  metrics = train_lib.evaluate(
-      stage, eval_step, state, pipeline.eval_batches(splits.test, batch_size, batch_sharding))
-  metrics["step"] = int(state.step)
-  if jax.process_index() == 0:
-    write_json_atomically(os.path.join(workdir, "stage1", "test_metrics.json"), metrics)
   logging.info("stage1 test metrics: %s", json.dumps(metrics))
   return metrics

@@ -7,6 +7,7 @@ written once.
 """
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -20,7 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers, periodic_actions
+from clu import metric_writers
 from flax import nnx
 
 from mxq_jax import checkpointing, optim as optim_lib, sharding
@@ -155,6 +156,20 @@ def evaluate(stage: Stage, eval_step, state: TrainState, batches: Iterator[Batch
 # -------------------------------------------------------------------------------- the loop
 
 
+def write_json_atomically(path: str, payload: dict) -> None:
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(payload, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def read_json(path: str) -> dict:
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
 def _format_duration(seconds: float) -> str:
   seconds = int(seconds)
   return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else (
@@ -173,8 +188,11 @@ def train_stage(
     seed: int,
     train_batches: Callable[[int], Iterator[Batch]],
     eval_batches: Callable[[], Iterator[Batch]] | None = None,
-) -> TrainState:
+) -> tuple[TrainState, dict[str, float]]:
   """Trains `stage` to `stage.optim.num_steps`, resuming from its latest checkpoint.
+
+  Returns the final state and the final evaluation's metrics (also in
+  `{workdir}/{stage.name}/eval_metrics.json`; empty without `eval_batches`).
 
   `train_batches(start_step)` must yield the same batches a fresh iterator yields from
   `start_step` on: the step number is the whole data-iterator state that a checkpoint stores.
@@ -196,11 +214,12 @@ def train_stage(
   graphdef = graphdef_of(stage)
   model_params = sum(x.size for x in jax.tree.leaves(state.params))
   logging.info("%s: %s parameters, mesh %s", stage.name, f"{model_params:,}", dict(mesh.shape))
+  metrics_path = os.path.join(stage_dir, "eval_metrics.json")
   if start_step >= optim.num_steps:
     logging.info("%s: already trained (%d/%d steps); nothing to do", stage.name, start_step,
                  optim.num_steps)
     manager.close()
-    return state
+    return state, read_json(metrics_path)
 
   writer = metric_writers.create_default_writer(
       stage_dir, just_logging=jax.process_index() > 0, asynchronous=True)
@@ -208,13 +227,17 @@ def train_stage(
   eval_step = make_eval_step(stage, mesh, shardings) if eval_batches else None
   meta = {"stage": stage.name, "signature": stage.signature}
   key = jax.random.key(seed)
-  report_progress = periodic_actions.ReportProgress(
-      num_train_steps=optim.num_steps, writer=writer, every_steps=optim.log_every)
+
+  final_metrics = {}
 
   def run_eval(step: int) -> None:
     if eval_step is None:
       return
     scalars = evaluate(stage, eval_step, state, eval_batches())
+    final_metrics.clear()
+    final_metrics.update(scalars, step=step)
+    if jax.process_index() == 0:
+      write_json_atomically(metrics_path, final_metrics)
     writer.write_scalars(step, {f"eval/{k}": v for k, v in scalars.items()})
     if stage.write_previews is not None:
       stage.write_previews(merge_model(graphdef, state), next(eval_batches()), writer, step)
@@ -224,7 +247,8 @@ def train_stage(
   batches = train_batches(start_step)
   history: list[dict[str, np.ndarray]] = []
   pending = None  # metrics of the step in flight: fetched after the next one is dispatched.
-  t_start, steps_done = time.perf_counter(), 0
+  # Throughput is measured between log points, from the end of the first (compiling) step.
+  interval_start, interval_first_step = time.perf_counter(), start_step + 1
   logging.info("%s: training steps %d..%d", stage.name, start_step, optim.num_steps)
   for step in range(start_step + 1, optim.num_steps + 1):
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
@@ -232,8 +256,11 @@ def train_stage(
     if pending is not None:
       history.append(jax.device_get(pending))
     pending = metrics
-    steps_done += 1
-    report_progress(step)
+    if step == start_step + 1:
+      jax.block_until_ready(metrics)
+      logging.info("%s: first step (compilation included) took %.1f s", stage.name,
+                   time.perf_counter() - interval_start)
+      interval_start = time.perf_counter()
 
     is_last = step == optim.num_steps
     will_save = step % optim.checkpoint_every == 0 or is_last
@@ -249,8 +276,9 @@ def train_stage(
             f"{stage.name}: the loss is {scalars['loss']} at step {step}; lower "
             f"config.*.optim.learning_rate (now {optim.learning_rate}) and rerun: training "
             f"resumes from the last good checkpoint (step {manager.latest_step()})")
-      elapsed = time.perf_counter() - t_start
-      steps_per_sec = steps_done / elapsed
+      now = time.perf_counter()
+      steps_per_sec = max(step - interval_first_step, 1) / max(now - interval_start, 1e-9)
+      interval_start, interval_first_step = now, step
       scalars |= {"steps_per_sec": steps_per_sec,
                   "examples_per_sec": steps_per_sec * optim.batch_size}
       writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
@@ -266,4 +294,4 @@ def train_stage(
   manager.wait_until_finished()
   manager.close()
   writer.flush()
-  return state
+  return state, final_metrics

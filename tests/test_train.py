@@ -95,7 +95,8 @@ def test_checkpoint_restore_and_continue(tmp_path):
   stage = stage1.make_stage(config)
   workdir = str(tmp_path)
 
-  state = train_lib.train_stage(stage, workdir=workdir, mesh=mesh, seed=0, train_batches=batches)
+  state, _ = train_lib.train_stage(stage, workdir=workdir, mesh=mesh, seed=0,
+                                  train_batches=batches)
   assert int(state.step) == 4
   manager = checkpointing.make_manager(os.path.join(workdir, "stage1", "checkpoints"), 2)
   assert manager.all_steps() == [2, 4]
@@ -111,7 +112,7 @@ def test_checkpoint_restore_and_continue(tmp_path):
   def recording_batches(start):
     starts.append(start)
     return batches(start)
-  state = train_lib.train_stage(stage1.make_stage(config), workdir=workdir, mesh=mesh, seed=0,
+  state, _ = train_lib.train_stage(stage1.make_stage(config), workdir=workdir, mesh=mesh, seed=0,
                                 train_batches=recording_batches)
   assert starts == [4] and int(state.step) == 6
 

@@ -79,7 +79,8 @@ class MXQVAE(nnx.Module):
     self.quantizer = Quantizer(
         vq.codebook_size, dim, update=vq.codebook_update, init=vq.codebook_init,
         ema_decay=vq.ema_decay, dead_code_restart=vq.dead_code_restart,
-        dead_code_threshold=vq.dead_code_threshold, rngs=rngs)
+        dead_code_threshold=vq.dead_code_threshold, l2_normalize=vq.codebook_l2_normalize,
+        rngs=rngs)
     self.image_mixer = PositionMixer((num_codes, self.num_image), dtype=dtype, rngs=rngs)
     self.text_mixer = PositionMixer((num_codes, vq.text_mix_hidden, self.num_text),
                                     dtype=dtype, rngs=rngs)

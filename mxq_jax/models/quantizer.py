@@ -82,7 +82,8 @@ class Quantizer(nnx.Module):
 
   def __init__(self, num_codes: int, dim: int, *, update: str = "gradient",
                init: str = "uniform", ema_decay: float = 0.99, dead_code_restart: bool = False,
-               dead_code_threshold: float = 0.03, rngs: nnx.Rngs):
+               dead_code_threshold: float = 0.03, l2_normalize: bool = False,
+               rngs: nnx.Rngs):
     if update not in ("ema", "gradient"):
       raise ValueError(f"update={update!r}: use 'ema' or 'gradient'")
     if init not in ("data", "uniform"):
@@ -96,6 +97,7 @@ class Quantizer(nnx.Module):
     self.ema_decay = ema_decay
     self.dead_code_restart = dead_code_restart
     self.dead_code_threshold = dead_code_threshold
+    self.l2_normalize = l2_normalize
 
     codebook_KxD = jax.random.uniform(
         rngs.params(), (num_codes, dim), jnp.float32, -1.0 / num_codes, 1.0 / num_codes)
@@ -108,15 +110,21 @@ class Quantizer(nnx.Module):
       # False until the first train call has seeded the codebook from data (init='data').
       self.initialized = CodebookState(jnp.array(init != "data"))
 
+  def _normalized(self, x: jax.Array) -> jax.Array:
+    """Unit rows when l2_normalize (cosine-similarity codes, as in ViT-VQGAN), else x."""
+    if not self.l2_normalize:
+      return x
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x**2, -1, keepdims=True), 1e-12))
+
   def lookup(self, codes: jax.Array) -> jax.Array:
     """Codes [...] -> code vectors [..., D] (float32)."""
-    return jnp.take(self.codebook[...], codes, axis=0)
+    return jnp.take(self._normalized(self.codebook[...]), codes, axis=0)
 
   def __call__(self, z_BxNxD: jax.Array, *, train: bool,
                rngs: nnx.Rngs | None = None) -> QuantizerOutput:
     batch, length, dim = z_BxNxD.shape
-    z_BxNxD = z_BxNxD.astype(jnp.float32)  # Distances and statistics in float32.
-    codebook_KxD = self.codebook[...]
+    z_BxNxD = self._normalized(z_BxNxD.astype(jnp.float32))  # Distances etc. in float32.
+    codebook_KxD = self._normalized(self.codebook[...])
     writes_state = train and self.update == "ema"
     needs_key = writes_state and (self.init == "data" or self.dead_code_restart)
     if needs_key and rngs is None:
