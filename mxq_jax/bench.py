@@ -13,12 +13,10 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
 from mxq_jax import config_lib, sharding, stage1, train_lib
-from mxq_jax.data import tokenizer as tokenizer_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -26,19 +24,10 @@ flags.DEFINE_integer("steps", 20, "Timed steps after the warm-up step.")
 flags.mark_flags_as_required(["config"])
 
 
-def random_stage1_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
-  """Normalized-looking images and full-length captions of the configured shapes."""
-  rng = np.random.default_rng(seed)
-  size, length = config.data.image_size, config.data.text_length
-  tokens = rng.integers(5, config.data.vocab_size, size=(batch_size, length), dtype=np.int32)
-  tokens[:, 0], tokens[:, -1] = tokenizer_lib.BOS_ID, tokenizer_lib.EOS_ID
-  return {"image": rng.normal(size=(batch_size, size, size, 3)).astype(np.float32),
-          "tokens": tokens}
-
-
-def matmul_flops_per_sec(n: int = 2048, repeats: int = 10) -> float:
-  """Dense float32 matmul FLOP/s of the default device: the yardstick for the fractions."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+def matmul_flops_per_sec(dtype: str, repeats: int = 10) -> float:
+  """Dense matmul FLOP/s of the default device in the model's compute dtype: the yardstick."""
+  n = 2048 if jax.default_backend() == "cpu" else 8192
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.dtype(dtype))
   matmul = jax.jit(lambda x: x @ x)
   matmul(a).block_until_ready()
   start = time.perf_counter()
@@ -48,11 +37,28 @@ def matmul_flops_per_sec(n: int = 2048, repeats: int = 10) -> float:
   return 2 * n**3 * repeats / (time.perf_counter() - start)
 
 
-def cost_flops(compiled) -> float | None:
-  analysis = compiled.cost_analysis()
+def _flops(analysis) -> float | None:
   if isinstance(analysis, (list, tuple)):  # older jax returns one dict per device program.
     analysis = analysis[0] if analysis else None
-  return float(analysis["flops"]) if analysis and "flops" in analysis else None
+  return float(analysis["flops"]) if analysis and analysis.get("flops") else None
+
+
+def cost_flops(step_fn, *args) -> float | None:
+  """FLOPs of one step from XLA's cost analysis of the unoptimized HLO: backend-independent.
+
+  Where the backend offers no such analysis (GPU), the same program is lowered for the CPU,
+  whose analysis counts every convolution (a GPU compilation's cuDNN calls would count zero).
+  """
+  flops = _flops(step_fn.lower(*args).cost_analysis())
+  if flops is None:
+    try:
+      flops = _flops(step_fn.trace(*args).lower(lowering_platforms=("cpu",)).cost_analysis())
+    except Exception as error:  # an unusual backend: report no FLOPs rather than fail.
+      print(f"bench: no FLOP count ({type(error).__name__}: {error})", file=sys.stderr)
+  if flops is None:
+    print("bench: XLA gave no FLOP count on this backend; run the bench on CPU for the "
+          "(backend-independent) step FLOPs", file=sys.stderr)
+  return flops
 
 
 def peak_memory_bytes() -> dict[str, int]:
@@ -63,7 +69,7 @@ def peak_memory_bytes() -> dict[str, int]:
   return peak
 
 
-def bench_train_step(stage: train_lib.Stage, batch: dict[str, np.ndarray], mesh, steps: int,
+def bench_train_step(stage: train_lib.Stage, batch: dict, mesh, steps: int,
                      peak_flops: float) -> dict:
   _, shardings = train_lib.abstract_state(stage, mesh)
   state = train_lib.init_state(stage, mesh, seed=0)
@@ -74,7 +80,7 @@ def bench_train_step(stage: train_lib.Stage, batch: dict[str, np.ndarray], mesh,
   start = time.perf_counter()
   compiled = step_fn.lower(state, batch, key).compile()
   compile_s = time.perf_counter() - start
-  flops = cost_flops(compiled)
+  flops = cost_flops(step_fn, state, batch, key)
 
   state, metrics = compiled(state, batch, key)  # warm-up (first-run allocations).
   jax.block_until_ready(metrics)
@@ -102,15 +108,16 @@ def main(argv):
   config = FLAGS.config
   config_lib.validate(config, jax.device_count())
   mesh = sharding.make_mesh(config.mesh)
-  peak_flops = matmul_flops_per_sec()
+  peak_flops = matmul_flops_per_sec(config.vqvae.dtype)
   report = {
       "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
       "backend": jax.default_backend(),
       "jax": jax.__version__,
+      "compute_dtype": config.vqvae.dtype,
       "matmul_gflops_per_s": round(peak_flops / 1e9, 1),
       "stage1_train_step": bench_train_step(
           stage1.make_stage(config),
-          random_stage1_batch(config, config.vqvae.optim.batch_size), mesh, FLAGS.steps,
+          stage1.random_batch(config, config.vqvae.optim.batch_size), mesh, FLAGS.steps,
           peak_flops),
   }
   report["peak_memory"] = peak_memory_bytes()

@@ -112,6 +112,7 @@ def apply_paper_sizes(config: ml_collections.ConfigDict) -> None:
               "text_channels", "text_kernel", "embed_dim", "fusion_layers", "fusion_heads",
               "fusion_mlp_dim", "dropout", "codebook_size", "text_mix_hidden"):
     config.vqvae[key] = reference.vqvae[key]
+  config.vqvae.optim.batch_size = reference.vqvae.optim.batch_size  # 384, the authors' batch.
 
 
 def apply_smoke_sizes(config: ml_collections.ConfigDict) -> None:

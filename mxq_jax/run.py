@@ -39,7 +39,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   _, metrics = train_lib.train_stage(
       stage, workdir=workdir, mesh=mesh, seed=config.seed,
       train_batches=lambda start: pipeline.train_batches(
-          splits.train, batch_size, config.seed, start, batch_sharding),
+          splits.train, batch_size, config.seed, start, batch_sharding,
+          shuffle_buffer=config.data.shuffle_buffer),
       eval_batches=lambda: pipeline.eval_batches(splits.test, batch_size, batch_sharding))
 
   logging.info("stage1 test metrics: %s", json.dumps(metrics))

@@ -13,7 +13,7 @@ import optax
 from flax import nnx
 
 from mxq_jax import masking, train_lib
-from mxq_jax.data import pipeline, tokenizer as tokenizer_lib
+from mxq_jax.data import normalization, tokenizer as tokenizer_lib
 from mxq_jax.models import mxq_vae
 
 NUM_PREVIEWS = 8  # test pairs shown as original / reconstruction in TensorBoard.
@@ -35,8 +35,8 @@ def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> mxq_vae.MX
 
 def psnr_per_image(reconstruction_BxHxWxC: jax.Array, target_BxHxWxC: jax.Array) -> jax.Array:
   """PSNR in dB of each image, in [0, 1] pixel space (the reconstruction clipped to it)."""
-  recon = jnp.clip(pipeline.denormalize_images(reconstruction_BxHxWxC), 0.0, 1.0)
-  target = pipeline.denormalize_images(target_BxHxWxC)
+  recon = normalization.denormalize_images(reconstruction_BxHxWxC)  # clipped to [0, 1].
+  target = normalization.denormalize_images(target_BxHxWxC)
   mse = jnp.mean(jnp.square(recon - target), axis=(1, 2, 3))
   return -10.0 * jnp.log10(jnp.maximum(mse, 1e-10))
 
@@ -49,6 +49,23 @@ def text_loss_and_accuracy(logits_BxLxV: jax.Array, tokens_BxL: jax.Array):
   correct = (jnp.argmax(logits_BxLxV, axis=-1) == tokens_BxL).astype(jnp.float32)
   count = jnp.maximum(real.sum(), 1.0)
   return (ce * real).sum() / count, (correct * real).sum() / count
+
+
+def random_batch(config: ml_collections.ConfigDict, batch_size: int,
+                 seed: int = 0) -> dict[str, np.ndarray]:
+  """A batch of the configured shapes without data: normal pixels, captions of random length.
+
+  For benchmarks and tests: tokens are BOS, random pieces, EOS, then PAD.
+  """
+  rng = np.random.default_rng(seed)
+  size, length = config.data.image_size, config.data.text_length
+  tokens_BxL = np.full((batch_size, length), tokenizer_lib.PAD_ID, np.int32)
+  for row in tokens_BxL:
+    n = rng.integers(length // 2, length - 1)  # pieces; BOS and EOS make n + 2 <= length.
+    row[0], row[n + 1] = tokenizer_lib.BOS_ID, tokenizer_lib.EOS_ID
+    row[1:n + 1] = rng.integers(tokenizer_lib.NUM_SPECIAL, config.data.vocab_size, size=n)
+  images = rng.normal(size=(batch_size, size, size, 3)).astype(np.float32)
+  return {"image": images, "tokens": tokens_BxL}
 
 
 # ------------------------------------------------------------------------------- the stage
@@ -120,8 +137,8 @@ def make_previewer(tokenizer: tokenizer_lib.Tokenizer):
     images = batch["image"][:NUM_PREVIEWS]
     tokens = batch["tokens"][:NUM_PREVIEWS]
     recon, predicted = jax.device_get(reconstruct(model, images, tokens))
-    images = np.clip(np.asarray(pipeline.denormalize_images(jax.device_get(images))), 0, 1)
-    recon = np.clip(np.asarray(pipeline.denormalize_images(recon)), 0, 1)
+    images = np.asarray(normalization.denormalize_images(jax.device_get(images)))
+    recon = np.asarray(normalization.denormalize_images(recon))
     grid = np.concatenate([np.concatenate(list(images), axis=1),
                            np.concatenate(list(recon), axis=1)], axis=0)
     writer.write_images(step, {"reconstructions": grid[None]})

@@ -21,7 +21,6 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers
 from flax import nnx
 
 from mxq_jax import checkpointing, optim as optim_lib, sharding
@@ -221,6 +220,7 @@ def train_stage(
     manager.close()
     return state, read_json(metrics_path)
 
+  from clu import metric_writers  # here: clu's writers import TensorFlow, the step doesn't.
   writer = metric_writers.create_default_writer(
       stage_dir, just_logging=jax.process_index() > 0, asynchronous=True)
   train_step = make_train_step(stage, mesh, shardings)

@@ -8,22 +8,7 @@ import numpy as np
 import pytest
 
 from mxq_jax import checkpointing, config_lib, sharding, stage1, train_lib
-from mxq_jax.data import tokenizer as tokenizer_lib
 from conftest import load_config
-
-
-def fixed_batch(config, batch_size: int, seed: int = 0):
-  """Random normalized images and captions of random lengths (BOS, pieces, EOS, pads)."""
-  rng = np.random.default_rng(seed)
-  size, length = config.data.image_size, config.data.text_length
-  images = rng.normal(size=(batch_size, size, size, 3)).astype(np.float32)
-  tokens = np.full((batch_size, length), tokenizer_lib.PAD_ID, np.int32)
-  for row in tokens:
-    n = rng.integers(4, length - 2)
-    row[0] = tokenizer_lib.BOS_ID
-    row[1:n + 1] = rng.integers(5, config.data.vocab_size, size=n)
-    row[n + 1] = tokenizer_lib.EOS_ID
-  return {"image": images, "tokens": tokens}
 
 
 def place(batch, mesh):
@@ -43,11 +28,11 @@ def run_steps(config, mesh, batch, num_steps: int):
   return state, losses
 
 
-def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
+def test_a_few_steps_lower_the_loss_on_a_stage1.random_batch():
   config = load_config("synthetic", "smoke")
   config.vqvae.optim.update(learning_rate=3e-3, warmup_steps=1, num_steps=40)
   mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:1])
-  _, losses = run_steps(config, mesh, fixed_batch(config, 16), 40)
+  _, losses = run_steps(config, mesh, stage1.random_batch(config, 16), 40)
   assert all(np.isfinite(losses))
   # Random pixels and tokens cannot be memorized through 8-bit codes in 40 steps; the loss
   # still has to fall well beyond step-to-step noise.
@@ -63,7 +48,7 @@ def test_sharded_step_matches_one_device(data, fsdp, monkeypatch):
   # whose sign depends on summation order would move its parameter by a whole +-lr.
   config.vqvae.optim.update(warmup_steps=1, eps=1e-3)
   config.vqvae.dropout = 0.1  # dropout masks must not depend on the layout either.
-  batch = fixed_batch(config, 16)
+  batch = stage1.random_batch(config, 16)
   one = sharding.make_mesh(config.mesh, devices=jax.devices()[:1])
   state_1, losses_1 = run_steps(config, one, batch, 3)
 
@@ -90,7 +75,7 @@ def test_checkpoint_restore_and_continue(tmp_path):
   config = load_config("synthetic", "smoke")
   config.vqvae.optim.update(num_steps=4, checkpoint_every=2, log_every=2)
   mesh = sharding.make_mesh(config.mesh)
-  batch = fixed_batch(config, config.vqvae.optim.batch_size)
+  batch = stage1.random_batch(config, config.vqvae.optim.batch_size)
   batches = lambda start: iter([place(batch, mesh)] * 100)
   stage = stage1.make_stage(config)
   workdir = str(tmp_path)
@@ -121,7 +106,7 @@ def test_incompatible_checkpoint_is_refused_and_nothing_written(tmp_path):
   config = load_config("synthetic", "smoke")
   config.vqvae.optim.update(num_steps=2, checkpoint_every=2)
   mesh = sharding.make_mesh(config.mesh)
-  batch = fixed_batch(config, config.vqvae.optim.batch_size)
+  batch = stage1.random_batch(config, config.vqvae.optim.batch_size)
   train_lib.train_stage(stage1.make_stage(config), workdir=str(tmp_path), mesh=mesh, seed=0,
                         train_batches=lambda start: iter([place(batch, mesh)] * 10))
   before = sorted(str(p) + str(p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
@@ -138,7 +123,7 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path):
   config = load_config("synthetic", "smoke")
   config.vqvae.optim.update(num_steps=2, log_every=1)
   mesh = sharding.make_mesh(config.mesh)
-  batch = fixed_batch(config, config.vqvae.optim.batch_size)
+  batch = stage1.random_batch(config, config.vqvae.optim.batch_size)
   batch["image"][:] = np.nan
   with pytest.raises(FloatingPointError, match="the loss is nan at step 1"):
     train_lib.train_stage(stage1.make_stage(config), workdir=str(tmp_path), mesh=mesh, seed=0,

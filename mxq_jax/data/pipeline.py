@@ -24,30 +24,16 @@ import tensorflow_datasets as tfds
 from mxq_jax.data import caption_attributes
 from mxq_jax.data import caption_digits
 from mxq_jax.data import tokenizer as tokenizer_lib
+from mxq_jax.data.normalization import (  # re-exported: the pipeline's public API.
+    IMAGENET_MEAN, IMAGENET_STD, denormalize_images, normalize_images)
 
 caption_digits.hide_gpus_from_tensorflow()  # tf.data runs on the host, never on a GPU.
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 SUPPORTED_DATASETS = ("caption_digits",)
 LABEL_KEYS = ("digit", "color", "position", "size", "template")
 _MAX_EPOCHS = 2**40  # "forever" for the training stream.
 
 T = TypeVar("T")
-
-
-def normalize_images(images_uint8):
-  """uint8 [..., 3] in [0, 255] -> float32, ImageNet mean/std normalized (numpy, jax or tf)."""
-  if isinstance(images_uint8, tf.Tensor):
-    images = tf.cast(images_uint8, tf.float32)
-  else:
-    images = images_uint8.astype(np.float32)
-  return (images / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-
-
-def denormalize_images(images):
-  """The inverse of normalize_images, as floats clipped to [0, 1] (numpy or jax)."""
-  return (images * IMAGENET_STD + IMAGENET_MEAN).clip(0.0, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)

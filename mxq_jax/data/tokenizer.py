@@ -13,7 +13,14 @@ import uuid
 from absl import logging
 import numpy as np
 import sentencepiece as spm
-import tensorflow as tf  # tf.io.gfile: local paths and gs:// alike.
+
+
+def _gfile():
+  """tf.io.gfile (local paths and gs:// alike), imported on first use: the model code that
+  only needs the special ids below must not pull in TensorFlow."""
+  import tensorflow as tf
+  return tf.io.gfile
+
 
 PAD_ID = 0
 UNK_ID = 1
@@ -74,11 +81,11 @@ def _write_atomically(path: str, data: bytes) -> None:
   # A unique temporary name: several processes may write the same (identical) model at once.
   directory = os.path.dirname(path)
   if directory:
-    tf.io.gfile.makedirs(directory)
+    _gfile().makedirs(directory)
   tmp_path = f"{path}.tmp-{uuid.uuid4().hex}"
-  with tf.io.gfile.GFile(tmp_path, "wb") as f:
+  with _gfile().GFile(tmp_path, "wb") as f:
     f.write(data)
-  tf.io.gfile.rename(tmp_path, path, overwrite=True)
+  _gfile().rename(tmp_path, path, overwrite=True)
 
 
 class Tokenizer:
@@ -91,7 +98,7 @@ class Tokenizer:
 
   @classmethod
   def load(cls, path: str) -> "Tokenizer":
-    with tf.io.gfile.GFile(path, "rb") as f:
+    with _gfile().GFile(path, "rb") as f:
       return cls(spm.SentencePieceProcessor(model_proto=f.read()))
 
   @property
@@ -132,7 +139,7 @@ class Tokenizer:
 def load_or_train(path: str, captions: Iterable[str], vocab_size: int,
                   required_chars: str = "") -> Tokenizer:
   """The tokenizer at `path` when it exists (its size must match), else one trained there."""
-  if not tf.io.gfile.exists(path):
+  if not _gfile().exists(path):
     train_tokenizer(captions, vocab_size, path, required_chars)
   tokenizer = Tokenizer.load(path)
   if tokenizer.vocab_size != vocab_size:

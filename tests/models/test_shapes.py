@@ -1,7 +1,5 @@
 """Output shapes of every module at the reference and config sizes, traced without compute."""
 
-import importlib.util
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -15,15 +13,13 @@ from mxq_jax.models.mxq_vae import MXQVAE, count_params
 from mxq_jax.models.quantizer import Quantizer
 from mxq_jax.models.text_codec import TextDecoder, TextEncoder
 
+from conftest import load_config
+
 B = 2
-CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 
 
 def synthetic(arg=None):
-  spec = importlib.util.spec_from_file_location("synthetic_config", CONFIGS / "synthetic.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return load_config("synthetic", arg)
 
 
 def variant(image_size, text_length, kernel, mix_hidden):
@@ -66,7 +62,7 @@ def test_reference_module_shapes():
 
 @pytest.mark.parametrize("name, config, n_image, n_text", [
     ("reference", config_lib.base_config(), 64, 8),
-    ("synthetic", synthetic(), 16, 8),
+    ("synthetic", synthetic(), 16, 16),
     ("synthetic:paper", synthetic("paper"), 64, 8),
     ("synthetic:smoke", synthetic("smoke"), 4, 8),
     ("128px/68 tokens", variant(128, 68, 14, 128), 256, 16),
