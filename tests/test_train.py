@@ -28,15 +28,16 @@ def run_steps(config, mesh, batch, num_steps: int):
   return state, losses
 
 
-def test_a_few_steps_lower_the_loss_on_a_stage1.random_batch():
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
   config = load_config("synthetic", "smoke")
   config.vqvae.optim.update(learning_rate=3e-3, warmup_steps=1, num_steps=40)
   mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:1])
-  _, losses = run_steps(config, mesh, stage1.random_batch(config, 16), 40)
+  # Two distinct pairs, eight copies each: memorizable in a few steps, masking differs per copy.
+  batch = jax.tree.map(lambda x: np.tile(x, (8,) + (1,) * (x.ndim - 1)),
+                       stage1.random_batch(config, 2))
+  _, losses = run_steps(config, mesh, batch, 40)
   assert all(np.isfinite(losses))
-  # Random pixels and tokens cannot be memorized through 8-bit codes in 40 steps; the loss
-  # still has to fall well beyond step-to-step noise.
-  assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:3]), losses
+  assert np.mean(losses[-5:]) < 0.75 * np.mean(losses[:3]), losses
 
 
 @pytest.mark.parametrize("data,fsdp", [(8, 1), (2, 4)])
