@@ -92,6 +92,9 @@ def base_config() -> ml_collections.ConfigDict:
       dead_code_threshold=0.03,  # restart a code when its EMA use per batch falls below this.
       # Cross decoding: the text mixer's hidden width over positions (32 at 64 px, 128 at 128 px).
       text_mix_hidden=32,
+      # "routing": the position mixers start by passing each modality's own positions through
+      # (plus small noise) and learn the cross-modal mixing; "random": the reference's init.
+      cross_mixer_init="routing",
       dtype="float32",  # compute dtype ("bfloat16" on accelerators); parameters stay float32.
   ))
   config.vqvae.optim = optim_config()
@@ -195,6 +198,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         "config.vqvae.dead_code_restart and codebook_init='data' need codebook_update='ema'; "
         "set --config.vqvae.codebook_update=ema, or dead_code_restart=False and "
         "codebook_init=uniform for the reference's gradient codebook")
+  if vq.cross_mixer_init not in ("random", "routing"):
+    raise ConfigError(
+        f"config.vqvae.cross_mixer_init={vq.cross_mixer_init!r}: use 'random' or 'routing'")
+  if vq.cross_mixer_init == "routing" and vq.text_mix_hidden < 2 * text_positions(config):
+    raise ConfigError(
+        f"config.vqvae.cross_mixer_init='routing' needs config.vqvae.text_mix_hidden >= "
+        f"{2 * text_positions(config)} (2 x the text positions); raise it or use 'random'")
   if vq.dtype not in ("float32", "bfloat16"):
     raise ConfigError(f"config.vqvae.dtype={vq.dtype!r}: use 'float32' or 'bfloat16'")
   validate_optim(vq.optim, "config.vqvae.optim", num_devices)

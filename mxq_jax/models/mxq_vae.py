@@ -32,19 +32,44 @@ class StageOneOutput:
   quantizer: QuantizerOutput  # losses and codebook statistics.
 
 
+def routing_kernels(widths: tuple[int, ...], first: int) -> list[jax.Array]:
+  """Kernels that route input positions [first, first + M) to the M outputs, unchanged.
+
+  One layer: the identity on those positions. Two layers with a ReLU between: each routed
+  position gets a +x and a -x hidden unit, recombined as relu(x) - relu(-x) = x (needs
+  hidden >= 2M). Every other weight is zero.
+  """
+  outputs = widths[-1]
+  eye_MxM = jnp.eye(outputs, dtype=jnp.float32)
+  if len(widths) == 2:
+    return [jnp.zeros(widths, jnp.float32).at[first:first + outputs].set(eye_MxM)]
+  n, hidden, _ = widths
+  if hidden < 2 * outputs:
+    raise ValueError(f"identity routing needs text_mix_hidden >= 2 x {outputs} positions")
+  signs_Mx2M = jnp.kron(eye_MxM, jnp.array([[1.0, -1.0]]))
+  first_NxH = jnp.zeros((n, hidden)).at[first:first + outputs, :2 * outputs].set(signs_Mx2M)
+  second_HxM = jnp.zeros((hidden, outputs)).at[:2 * outputs].set(signs_Mx2M.T)
+  return [first_NxH, second_HxM]
+
+
 class PositionMixer(nnx.Module):
   """Linear maps over the position axis, shared by all D channels: [B, N, D] -> [B, M, D].
 
   `widths` = (N, M) is the reference image mixer; (N, h, M) adds a hidden layer with a ReLU
-  (the reference text mixer).
+  (the reference text mixer). `route_from`: start the kernels as `routing_kernels` (each
+  decoder first reads its own modality's positions, in place) plus 0.1 x the default random
+  init, instead of the reference's random mixing of all positions.
   """
 
-  def __init__(self, widths: tuple[int, ...], *, dtype: jnp.dtype = jnp.float32,
-               rngs: nnx.Rngs):
+  def __init__(self, widths: tuple[int, ...], *, route_from: int | None = None,
+               dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
     self.layers = nnx.List([
         nnx.Linear(n_in, n_out, dtype=dtype, rngs=rngs)
         for n_in, n_out in zip(widths[:-1], widths[1:])
     ])
+    if route_from is not None:
+      for layer, routing in zip(self.layers, routing_kernels(widths, route_from)):
+        layer.kernel[...] = routing + 0.1 * layer.kernel[...]
 
   def __call__(self, z_BxNxD: jax.Array) -> jax.Array:
     x_BxDxN = jnp.swapaxes(z_BxNxD, 1, 2)  # Positions last, so Linear mixes positions.
@@ -81,8 +106,11 @@ class MXQVAE(nnx.Module):
         ema_decay=vq.ema_decay, dead_code_restart=vq.dead_code_restart,
         dead_code_threshold=vq.dead_code_threshold, l2_normalize=vq.codebook_l2_normalize,
         rngs=rngs)
-    self.image_mixer = PositionMixer((num_codes, self.num_image), dtype=dtype, rngs=rngs)
+    routed = vq.cross_mixer_init == "routing"
+    self.image_mixer = PositionMixer((num_codes, self.num_image),
+                                     route_from=0 if routed else None, dtype=dtype, rngs=rngs)
     self.text_mixer = PositionMixer((num_codes, vq.text_mix_hidden, self.num_text),
+                                    route_from=self.num_image if routed else None,
                                     dtype=dtype, rngs=rngs)
     self.image_decoder = ImageDecoder(*image_sizes, dtype=dtype, rngs=rngs)
     self.text_decoder = TextDecoder(*text_sizes, dtype=dtype, rngs=rngs)
