@@ -120,3 +120,16 @@ def test_encode_decode_match_the_forward_pass():
   np.testing.assert_array_equal(codes, out.codes)
   np.testing.assert_allclose(decoded_images, out.images, atol=1e-5)
   np.testing.assert_allclose(decoded_logits, out.text_logits, atol=1e-5)
+
+
+def test_routing_kernels_pass_each_modality_through():
+  from mxq_jax.models.mxq_vae import routing_kernels
+  rng = np.random.default_rng(0)
+  x_NxD = rng.normal(size=(7, 5)).astype(np.float32)  # 4 image positions, then 3 text ones.
+  (image_NxM,) = routing_kernels((7, 4), first=0)
+  np.testing.assert_allclose(image_NxM.T @ x_NxD, x_NxD[:4])
+  first_NxH, second_HxM = routing_kernels((7, 6, 3), first=4)
+  hidden_HxD = np.maximum(first_NxH.T @ x_NxD, 0.0)  # the ReLU between the two layers.
+  np.testing.assert_allclose(second_HxM.T @ hidden_HxD, x_NxD[4:], atol=1e-6)
+  with pytest.raises(ValueError, match="text_mix_hidden >= 2 x 3"):
+    routing_kernels((7, 5, 3), first=4)
