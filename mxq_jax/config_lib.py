@@ -137,7 +137,7 @@ def apply_smoke_sizes(config: ml_collections.ConfigDict) -> None:
   vq.fusion_heads = 2
   vq.fusion_mlp_dim = 32
   vq.codebook_size = 32
-  vq.text_mix_hidden = 8
+  vq.text_mix_hidden = 16  # routing init: at least 2 x the 8 text positions.
   vq.optim.update(batch_size=16, num_steps=6, warmup_steps=2, log_every=2, eval_every=0,
                   checkpoint_every=3)
 
