@@ -286,10 +286,13 @@ def train_stage(
       logging.info("%s: step %d/%d (%.0f%%) loss %.4f, %.2f steps/s, ETA %s", stage.name, step,
                    optim.num_steps, 100 * step / optim.num_steps, scalars["loss"],
                    steps_per_sec, _format_duration(eta))
-    if (optim.eval_every and step % optim.eval_every == 0) or is_last:
+    will_eval = (optim.eval_every and step % optim.eval_every == 0) or is_last
+    if will_eval:
       run_eval(step)
     if will_save:
       checkpointing.save(manager, step, state, meta)
+    if will_eval or will_save:  # keep evaluation and saving out of the steps/s figure.
+      interval_start, interval_first_step = time.perf_counter(), step
 
   manager.wait_until_finished()
   manager.close()
