@@ -36,6 +36,28 @@ def initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
+def _one_line(error: Exception) -> str:
+  """A parse error as one line: config files' errors arrive with their traceback inside."""
+  text = str(error)
+  if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":  # a quoted repr.
+    text = text[1:-1]
+  text = text.replace("\\n", "\n").replace("\\'", "'")
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  if any(line.startswith("Traceback") for line in lines):
+    flag = lines[0].split(": Error")[0]  # "flag --config=...".
+    lines = [flag, lines[-1].rsplit(".", 1)[-1] if "Error:" in lines[-1] else lines[-1]]
+  return " ".join(" ".join(lines).split())
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad flag or config override reported as one line."""
+  try:
+    return FLAGS(argv)
+  except Exception as error:  # config overrides raise AttributeError, TypeError, flags.Error...
+    sys.exit(f"mxq_jax: error: bad flag or config override ({_one_line(error)}); every "
+             "config field is listed in mxq_jax/config_lib.py")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -55,4 +77,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -52,8 +52,11 @@ def test_main_trains_resumes_and_refuses_other_models(tmp_path):
 def test_unknown_config_field_is_one_clear_line(tmp_path):
   result = run_main("--config=configs/synthetic.py:smoke", f"--workdir={tmp_path / 'w'}",
                     "--config.vqvae.embed_dims=32")
-  assert result.returncode != 0
-  assert "embed_dims" in result.stderr
+  assert result.returncode == 1
+  assert "Traceback" not in result.stderr
+  last_line = result.stderr.strip().splitlines()[-1]
+  assert last_line.startswith("mxq_jax: error: bad flag or config override")
+  assert 'Did you mean "embed_dim"' in last_line
   assert not (tmp_path / "w").exists()
 
 
