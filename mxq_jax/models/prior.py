@@ -32,7 +32,8 @@ class LayerCache:
 Cache = tuple[LayerCache, ...]  # One per layer.
 
 
-def _attention_probs(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, mask_TxS: jax.Array) -> jax.Array:
+def _attention_probs(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array,
+                     mask_TxS: jax.Array) -> jax.Array:
   """Masked softmax over keys, [B, H, T, S]; logits and softmax in float32 whatever the dtype."""
   scale = 1.0 / math.sqrt(q_BxTxHxK.shape[-1])
   logits_BxHxTxS = jnp.einsum('bthk,bshk->bhts', q_BxTxHxK, k_BxSxHxK,
