@@ -72,7 +72,7 @@ def peak_memory_bytes() -> dict[str, int]:
 def bench_train_step(stage: train_lib.Stage, batch: dict, mesh, steps: int,
                      peak_flops: float) -> dict:
   _, shardings = train_lib.abstract_state(stage, mesh)
-  state = train_lib.init_state(stage, mesh, seed=0)
+  state = train_lib.init_state(stage, 0, shardings)
   step_fn = train_lib.make_train_step(stage, mesh, shardings)
   batch = jax.device_put(batch, sharding.batch_sharding(mesh))
   key = jax.random.key(0)

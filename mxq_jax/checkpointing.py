@@ -14,6 +14,11 @@ import orbax.checkpoint as ocp
 from mxq_jax import config_lib
 
 
+def checkpoint_dir(workdir: str, stage_name: str) -> str:
+  """Where a stage's checkpoints live: `{workdir}/{stage_name}/checkpoints`."""
+  return os.path.join(workdir, stage_name, "checkpoints")
+
+
 def make_manager(directory: str, keep: int) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
   return ocp.CheckpointManager(

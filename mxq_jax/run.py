@@ -11,15 +11,11 @@ from mxq_jax import checkpointing, config_lib, sharding, stage1, train_lib
 from mxq_jax.data import pipeline
 
 
-def stage_checkpoint_dir(workdir: str, stage_name: str) -> str:
-  return os.path.join(workdir, stage_name, "checkpoints")
-
-
 def preflight(config: ml_collections.ConfigDict, workdir: str) -> jax.sharding.Mesh:
   """Every check that can fail before anything is written to the workdir."""
   config_lib.validate(config, jax.device_count())
   mesh = sharding.make_mesh(config.mesh)
-  checkpointing.check_directory(stage_checkpoint_dir(workdir, "stage1"),
+  checkpointing.check_directory(checkpointing.checkpoint_dir(workdir, "stage1"),
                                 stage1.model_signature(config))
   return mesh
 

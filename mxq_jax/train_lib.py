@@ -83,10 +83,9 @@ def abstract_state(stage: Stage, mesh: jax.sharding.Mesh, seed: int = 0):
   return with_shardings, shardings
 
 
-def init_state(stage: Stage, mesh: jax.sharding.Mesh, seed: int) -> TrainState:
+def init_state(stage: Stage, seed: int, shardings) -> TrainState:
   """A fresh state, created directly in its sharded layout (never whole on one device)."""
   optimizer = optim_lib.make_optimizer(stage.optim)
-  _, shardings = abstract_state(stage, mesh, seed)
   return jax.jit(_init_fn(stage, optimizer, seed), out_shardings=shardings)()
 
 
@@ -198,14 +197,14 @@ def train_stage(
   """
   optim = stage.optim
   stage_dir = os.path.join(workdir, stage.name)
-  manager = checkpointing.make_manager(os.path.join(stage_dir, "checkpoints"),
+  manager = checkpointing.make_manager(checkpointing.checkpoint_dir(workdir, stage.name),
                                        optim.keep_checkpoints)
   checkpointing.check_compatible(checkpointing.read_meta(manager), stage.signature, stage_dir)
   abstract, shardings = abstract_state(stage, mesh, seed)
 
   latest = manager.latest_step()
   if latest is None:
-    state = init_state(stage, mesh, seed)
+    state = init_state(stage, seed, shardings)
   else:
     state = checkpointing.restore(manager, latest, abstract)
     logging.info("%s: resumed from the checkpoint of step %d", stage.name, latest)

@@ -18,7 +18,7 @@ def place(batch, mesh):
 def run_steps(config, mesh, batch, num_steps: int):
   stage = stage1.make_stage(config)
   _, shardings = train_lib.abstract_state(stage, mesh, config.seed)
-  state = train_lib.init_state(stage, mesh, config.seed)
+  state = train_lib.init_state(stage, config.seed, shardings)
   step = train_lib.make_train_step(stage, mesh, shardings)
   key = jax.random.key(config.seed)
   losses = []
