@@ -46,12 +46,30 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
   return restored.state
 
 
+def open_read_only(directory: str) -> ocp.CheckpointManager | None:
+  """A manager that never writes, or None when `directory` does not exist."""
+  if not os.path.isdir(directory):
+    return None
+  return ocp.CheckpointManager(os.path.abspath(directory),
+                               options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+
+
+def latest_step(directory: str) -> int | None:
+  """The step of the newest complete checkpoint in `directory`, or None."""
+  manager = open_read_only(directory)
+  if manager is None:
+    return None
+  try:
+    return manager.latest_step()
+  finally:
+    manager.close()
+
+
 def check_directory(directory: str, signature: dict) -> None:
   """Reads (never creates) `directory`'s latest checkpoint record and checks it matches."""
-  if not os.path.isdir(directory):
+  manager = open_read_only(directory)
+  if manager is None:
     return
-  manager = ocp.CheckpointManager(os.path.abspath(directory),
-                                  options=ocp.CheckpointManagerOptions(create=False, read_only=True))
   try:
     check_compatible(read_meta(manager), signature, directory)
   finally:

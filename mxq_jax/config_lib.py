@@ -99,6 +99,34 @@ def base_config() -> ml_collections.ConfigDict:
   ))
   config.vqvae.optim = optim_config()
 
+  # Stage 2: a GPT-2 style prior over the N joint codes (BOS = K, then codes).
+  config.prior = ml_collections.ConfigDict(dict(
+      num_layers=8,
+      num_heads=8,
+      dim=512,  # width of the residual stream.
+      mlp_dim=2048,  # 4 x dim, GPT-2's ratio.
+      dropout=0.1,  # on embeddings, attention probabilities and residual branches.
+      dtype="float32",  # compute dtype ("bfloat16" on accelerators); parameters stay float32.
+      # False: the frozen stage-1 model encodes both splits once, into {workdir}/codes/;
+      # True: each training batch is encoded inside the input stream (no files, more compute).
+      encode_on_the_fly=False,
+  ))
+  config.prior.optim = optim_config(batch_size=384, num_steps=20_000, learning_rate=3e-4,
+                                    warmup_steps=1_000, weight_decay=0.01)
+
+  # Ancestral sampling (the reference's settings): the defaults of `mxq_jax.sample`.
+  config.sampling = ml_collections.ConfigDict(dict(
+      top_k=10,  # keep the k most likely codes (>= 1; codebook_size or more: no top-k).
+      top_p=1.0,  # keep the smallest set of codes whose probability reaches p; 1.0: off.
+      temperature=1.0,  # logits are divided by it (< 1 sharper, > 1 flatter).
+      batch_size=256,  # pairs generated per compiled call.
+  ))
+
+  # What `main` runs, in order; each step skips what the workdir already holds.
+  # "stage1": train the MXQ-VAE; "encode": write the joint codes of both splits (skipped when
+  # config.prior.encode_on_the_fly); "stage2": train the prior.
+  config.stages = "stage1,encode,stage2"
+
   config.mesh = ml_collections.ConfigDict(dict(
       data=-1,  # devices on the batch axis; -1 takes all devices fsdp leaves.
       fsdp=1,  # devices that shard parameters and optimizer state (1: replicated).
@@ -116,6 +144,9 @@ def apply_paper_sizes(config: ml_collections.ConfigDict) -> None:
               "fusion_mlp_dim", "dropout", "codebook_size", "text_mix_hidden"):
     config.vqvae[key] = reference.vqvae[key]
   config.vqvae.optim.batch_size = reference.vqvae.optim.batch_size  # 384, the authors' batch.
+  for key in ("num_layers", "num_heads", "dim", "mlp_dim", "dropout"):
+    config.prior[key] = reference.prior[key]
+  config.prior.optim.batch_size = reference.prior.optim.batch_size
 
 
 def apply_smoke_sizes(config: ml_collections.ConfigDict) -> None:
@@ -140,6 +171,24 @@ def apply_smoke_sizes(config: ml_collections.ConfigDict) -> None:
   vq.text_mix_hidden = 16  # routing init: at least 2 x the 8 text positions.
   vq.optim.update(batch_size=16, num_steps=6, warmup_steps=2, log_every=2, eval_every=0,
                   checkpoint_every=3)
+  config.prior.update(num_layers=1, num_heads=2, dim=32, mlp_dim=64)
+  config.prior.optim.update(batch_size=16, num_steps=6, warmup_steps=2, log_every=2,
+                            eval_every=0, checkpoint_every=3)
+  config.sampling.batch_size = 16
+
+
+def from_json_file(path: str) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with (`{workdir}/config.json`), lists back to tuples."""
+  import json
+  with open(path) as f:
+    data = json.load(f)
+
+  def tuples(value):
+    if isinstance(value, dict):
+      return {k: tuples(v) for k, v in value.items()}
+    return tuple(tuples(v) for v in value) if isinstance(value, list) else value
+
+  return ml_collections.ConfigDict(tuples(data))
 
 
 # ------------------------------------------------------------------------------- derived sizes
@@ -208,6 +257,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   if vq.dtype not in ("float32", "bfloat16"):
     raise ConfigError(f"config.vqvae.dtype={vq.dtype!r}: use 'float32' or 'bfloat16'")
   validate_optim(vq.optim, "config.vqvae.optim", num_devices)
+  validate_prior(config, num_devices)
+  validate_sampling(config.sampling.top_k, config.sampling.top_p, config.sampling.temperature,
+                    "config.sampling.")
+  parse_stages(config.stages)
   if config.mesh.fsdp < 1:
     raise ConfigError(f"config.mesh.fsdp={config.mesh.fsdp} must be >= 1")
 
@@ -223,3 +276,41 @@ def validate_optim(optim: ml_collections.ConfigDict, where: str, num_devices: in
         "of the mesh; pick a multiple")
   if optim.learning_rate <= 0:
     raise ConfigError(f"{where}.learning_rate={optim.learning_rate} must be > 0")
+
+
+def validate_prior(config: ml_collections.ConfigDict, num_devices: int | None) -> None:
+  prior = config.prior
+  if prior.num_layers < 1 or prior.dim < 1 or prior.mlp_dim < 1:
+    raise ConfigError("config.prior.num_layers, dim and mlp_dim must be >= 1")
+  if prior.num_heads < 1 or prior.dim % prior.num_heads:
+    raise ConfigError(
+        f"config.prior.dim={prior.dim} must be divisible by config.prior.num_heads="
+        f"{prior.num_heads}")
+  if not 0.0 <= prior.dropout < 1.0:
+    raise ConfigError(f"config.prior.dropout={prior.dropout} must be in [0, 1)")
+  if prior.dtype not in ("float32", "bfloat16"):
+    raise ConfigError(f"config.prior.dtype={prior.dtype!r}: use 'float32' or 'bfloat16'")
+  validate_optim(prior.optim, "config.prior.optim", num_devices)
+
+
+def validate_sampling(top_k: int, top_p: float, temperature: float, prefix: str = "--") -> None:
+  """Sampling settings; `prefix` names them as the user typed them (flags or config fields)."""
+  if top_k < 1:
+    raise ConfigError(f"{prefix}top_k={top_k} must be >= 1 (the codebook size or more: no top-k)")
+  if not 0.0 < top_p <= 1.0:
+    raise ConfigError(f"{prefix}top_p={top_p} must be in (0, 1]; 1.0 turns top-p off")
+  if not temperature > 0.0:
+    raise ConfigError(f"{prefix}temperature={temperature} must be > 0")
+
+
+STAGES = ("stage1", "encode", "stage2")
+
+
+def parse_stages(stages: str) -> tuple[str, ...]:
+  """config.stages ("stage1,encode,stage2" or a subset) -> the names, in run order."""
+  names = tuple(name.strip() for name in stages.split(",") if name.strip())
+  unknown = [name for name in names if name not in STAGES]
+  if unknown or not names:
+    raise ConfigError(
+        f"config.stages={stages!r}: use a comma-separated subset of {','.join(STAGES)}")
+  return tuple(name for name in STAGES if name in names)

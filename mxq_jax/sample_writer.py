@@ -53,6 +53,16 @@ def _default_dir_mode() -> int:
   return 0o777 & ~umask
 
 
+def check_outdir(outdir: str, overwrite: bool) -> None:
+  """Refuses (OutdirError) a file, or a non-empty directory unless `overwrite`."""
+  if os.path.lexists(outdir) and not os.path.isdir(outdir):
+    raise OutdirError(f"--outdir {outdir!r} exists and is not a directory; "
+                      "choose another --outdir")
+  if os.path.isdir(outdir) and os.listdir(outdir) and not overwrite:
+    raise OutdirError(f"--outdir {outdir!r} exists and is not empty; "
+                      "pass --overwrite to replace it or choose another --outdir")
+
+
 def open_staging_dir(outdir: str, overwrite: bool) -> str:
   """Checks `outdir` and returns a new, empty staging directory beside it.
 
@@ -60,12 +70,7 @@ def open_staging_dir(outdir: str, overwrite: bool) -> str:
   `overwrite`. Creates `outdir`'s parent if needed but never `outdir` itself: that appears
   only in `publish(staging, outdir)`.
   """
-  if os.path.lexists(outdir) and not os.path.isdir(outdir):
-    raise OutdirError(f"--outdir {outdir!r} exists and is not a directory; "
-                      "choose another --outdir")
-  if os.path.isdir(outdir) and os.listdir(outdir) and not overwrite:
-    raise OutdirError(f"--outdir {outdir!r} exists and is not empty; "
-                      "pass --overwrite to replace it or choose another --outdir")
+  check_outdir(outdir, overwrite)
   parent, name = _split(outdir)
   os.makedirs(parent, exist_ok=True)
   # Same parent as outdir, so that `publish` is a rename within one filesystem.

@@ -23,7 +23,7 @@ import optax
 from absl import logging
 from flax import nnx
 
-from mxq_jax import checkpointing, optim as optim_lib, sharding
+from mxq_jax import checkpointing, config_lib, optim as optim_lib, sharding
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -87,6 +87,32 @@ def init_state(stage: Stage, seed: int, shardings) -> TrainState:
   """A fresh state, created directly in its sharded layout (never whole on one device)."""
   optimizer = optim_lib.make_optimizer(stage.optim)
   return jax.jit(_init_fn(stage, optimizer, seed), out_shardings=shardings)()
+
+
+def restore_trained(stage: Stage, workdir: str, mesh: jax.sharding.Mesh,
+                    step: int | None = None) -> tuple[TrainState, int]:
+  """(state, step) of a stage's checkpoint (default: latest), for use after training.
+
+  Raises ConfigError (one line) when the checkpoint is missing or of a different model.
+  """
+  directory = checkpointing.checkpoint_dir(workdir, stage.name)
+  manager = checkpointing.open_read_only(directory)
+  available = [] if manager is None else list(manager.all_steps())
+  if not available or (step is not None and step not in available):
+    if manager is not None:
+      manager.close()
+    wanted = "no checkpoint" if step is None else f"no checkpoint of step {step}"
+    raise config_lib.ConfigError(
+        f"{directory} holds {wanted} (found: {sorted(available) or 'none'}); train it with "
+        f"`python -m mxq_jax.main --config=... --workdir={workdir}`")
+  step = max(available) if step is None else step
+  try:
+    checkpointing.check_compatible(checkpointing.read_meta(manager, step), stage.signature,
+                                   directory)
+    abstract, _ = abstract_state(stage, mesh)
+    return checkpointing.restore(manager, step, abstract), step
+  finally:
+    manager.close()
 
 
 def merge_model(graphdef: nnx.GraphDef, state: TrainState) -> nnx.Module:

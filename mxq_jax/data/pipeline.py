@@ -149,27 +149,29 @@ def _index_stream(num_examples: int, shuffle_buffer: int, seed: int,
   return tf.data.Dataset.range(first_epoch, _MAX_EPOCHS).flat_map(one_epoch)
 
 
-def train_batches(split: Split, global_batch_size: int, seed: int, start_step: int,
-                  sharding: jax.sharding.Sharding,
-                  shuffle_buffer: int | None = None) -> Iterator[dict[str, jax.Array]]:
-  """Endless training batches {'image': f32 [B, H, W, 3] normalized, 'tokens': i32 [B, L]}.
+def array_train_batches(arrays: dict[str, np.ndarray], global_batch_size: int, seed: int,
+                        start_step: int, sharding: jax.sharding.Sharding,
+                        shuffle_buffer: int | None = None, transform: Callable | None = None,
+                        name: str = "train") -> Iterator[dict[str, jax.Array]]:
+  """Endless shuffled batches of this process's `arrays` (same first dimension), as global arrays.
 
   B = global_batch_size, sharded by `sharding`. The stream is a pure function of (seed, this
   process's data): from start_step it yields exactly what a fresh stream yields from its
-  start_step-th batch on. shuffle_buffer: examples (None or more than the split: the split).
+  start_step-th batch on. shuffle_buffer: examples (None or more than the data: all of it).
+  `transform` maps a dict of tf batches to another (inside tf.data, in parallel).
   """
   local_batch = _local_batch_size(global_batch_size)
-  n = split.num_examples
+  n = len(next(iter(arrays.values())))
   if n < local_batch:
-    raise ValueError(f"split {split.name} has {n} examples per process, fewer than the "
+    raise ValueError(f"split {name} has {n} examples per process, fewer than the "
                      f"per-process batch {local_batch}")
   buffer = n if shuffle_buffer is None else max(1, min(shuffle_buffer, n))
   first_epoch, offset = divmod(start_step * local_batch, n)
-  images_t, tokens_t = tf.constant(split.images), tf.constant(split.tokens)
+  tensors = {key: tf.constant(value) for key, value in arrays.items()}
 
   def gather(indices_B):
-    return {"image": normalize_images(tf.gather(images_t, indices_B)),
-            "tokens": tf.gather(tokens_t, indices_B)}
+    batch = {key: tf.gather(value, indices_B) for key, value in tensors.items()}
+    return transform(batch) if transform else batch
 
   ds = (_index_stream(n, buffer, seed, first_epoch)
         .skip(offset)
@@ -180,21 +182,43 @@ def train_batches(split: Split, global_batch_size: int, seed: int, start_step: i
     yield _to_global(batch, sharding)
 
 
-def eval_batches(split: Split, global_batch_size: int,
-                 sharding: jax.sharding.Sharding) -> Iterator[dict[str, jax.Array]]:
-  """One ordered pass: {'image', 'tokens', 'valid': f32 [B] (1 real, 0 padding)}.
+def array_eval_batches(arrays: dict[str, np.ndarray], num_global: int, global_batch_size: int,
+                       sharding: jax.sharding.Sharding, transform: Callable | None = None
+                       ) -> Iterator[dict[str, jax.Array]]:
+  """One ordered pass over this process's `arrays`, plus 'valid': f32 [B] (1 real, 0 padding).
 
-  The last batch is padded to full size; every process yields the same number of batches.
+  The last batch is zero-padded to full size; every process yields the same number of batches
+  (num_global: examples over all processes).
   """
   local_batch = _local_batch_size(global_batch_size)
-  most_per_process = math.ceil(split.num_global / jax.process_count())
+  most_per_process = math.ceil(num_global / jax.process_count())
   for start in range(0, most_per_process, local_batch):
-    images = split.images[start:start + local_batch]
-    tokens = split.tokens[start:start + local_batch]
-    pad = local_batch - len(images)
-    batch = {
-        "image": normalize_images(np.pad(images, [(0, pad), (0, 0), (0, 0), (0, 0)])),
-        "tokens": np.pad(tokens, [(0, pad), (0, 0)], constant_values=tokenizer_lib.PAD_ID),
-        "valid": np.pad(np.ones(len(images), np.float32), [(0, pad)]),
-    }
+    batch = {key: value[start:start + local_batch] for key, value in arrays.items()}
+    real = len(next(iter(batch.values())))
+    pad = local_batch - real
+    batch = {key: np.pad(value, [(0, pad)] + [(0, 0)] * (value.ndim - 1))
+             for key, value in batch.items()}
+    batch = transform(batch) if transform else batch
+    batch["valid"] = np.pad(np.ones(real, np.float32), [(0, pad)])
     yield _to_global(batch, sharding)
+
+
+def _normalize_image(batch: dict) -> dict:
+  return dict(batch, image=normalize_images(batch["image"]))
+
+
+def train_batches(split: Split, global_batch_size: int, seed: int, start_step: int,
+                  sharding: jax.sharding.Sharding,
+                  shuffle_buffer: int | None = None) -> Iterator[dict[str, jax.Array]]:
+  """Endless training pairs {'image': f32 [B, H, W, 3] normalized, 'tokens': i32 [B, L]}."""
+  return array_train_batches({"image": split.images, "tokens": split.tokens}, global_batch_size,
+                             seed, start_step, sharding, shuffle_buffer, _normalize_image,
+                             split.name)
+
+
+def eval_batches(split: Split, global_batch_size: int,
+                 sharding: jax.sharding.Sharding) -> Iterator[dict[str, jax.Array]]:
+  """One ordered pass of pairs: {'image', 'tokens', 'valid'}; PAD (0) tokens in padding rows."""
+  assert tokenizer_lib.PAD_ID == 0  # zero padding of the token rows is PAD.
+  return array_eval_batches({"image": split.images, "tokens": split.tokens}, split.num_global,
+                            global_batch_size, sharding, _normalize_image)

@@ -1,0 +1,49 @@
+"""What every command-line entry point shares: log filtering, multi-process start-up, and
+flag errors as one line."""
+
+import logging as std_logging
+import os
+import sys
+
+from absl import flags
+
+FLAGS = flags.FLAGS
+
+
+class OwnInfoOnly(std_logging.Filter):
+  """Hides libraries' INFO chatter (orbax logs ~40 lines a checkpoint); keeps their warnings."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    own = any(part in record.pathname for part in ("/mxq_jax/", "/clu/"))
+    return own or record.levelno >= std_logging.WARNING
+
+
+def initialize_distributed() -> None:
+  """Multi-process start-up, only where the run is multi-process (TPU pods, SLURM, or env)."""
+  import jax
+  multi_host_tpu = "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+  if multi_host_tpu or os.environ.get("JAX_COORDINATOR_ADDRESS") or (
+      int(os.environ.get("SLURM_NTASKS", "1")) > 1):
+    jax.distributed.initialize()
+
+
+def _one_line(error: Exception) -> str:
+  """A parse error as one line: config files' errors arrive with their traceback inside."""
+  text = str(error)
+  if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":  # a quoted repr.
+    text = text[1:-1]
+  text = text.replace("\\n", "\n").replace("\\'", "'")
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  if any(line.startswith("Traceback") for line in lines):
+    flag = lines[0].split(": Error")[0]  # "flag --config=...".
+    lines = [flag, lines[-1].rsplit(".", 1)[-1] if "Error:" in lines[-1] else lines[-1]]
+  return " ".join(" ".join(lines).split())
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad flag or config override reported as one line."""
+  try:
+    return FLAGS(argv)
+  except Exception as error:  # config overrides raise AttributeError, TypeError, flags.Error...
+    sys.exit(f"mxq_jax: error: bad flag or config override ({_one_line(error)}); every "
+             "config field is listed in mxq_jax/config_lib.py")

@@ -1,0 +1,105 @@
+"""Generation: ancestral sampling of joint codes from the prior, decoded to pixels and tokens.
+
+`make_sampler` compiles ONE program from (prior variables, stage-1 variables, key, top_p,
+temperature) to codes, uint8 images and token ids: a `lax.scan` over the N code positions with
+an explicit KV cache, then the codebook look-up and both cross decoders. The batch is sharded
+over the mesh's batch axes; top-k and the batch size fix shapes (static), everything else is
+traced, so a new key or a new top_p / temperature reuses the compiled program.
+
+`generate_codes_uncached` decodes the way the reference does (a full forward over the whole
+prefix for every new code, no cache); it is the bench's baseline and the cache's oracle.
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from mxq_jax import sampling, sharding, stage1, stage2, train_lib
+from mxq_jax.data import normalization
+from mxq_jax.models import mxq_vae, prior as prior_lib
+
+Variables = tuple[nnx.State, nnx.State]  # (params, model_state) of a model.
+
+
+def variables_of(state: train_lib.TrainState) -> Variables:
+  """What a trained model needs for inference: no optimizer state."""
+  return state.params, state.model_state
+
+
+def _position_key(key: jax.Array, position: jax.Array) -> jax.Array:
+  # One key per position, the same in cached and uncached decoding: equal logits, equal codes.
+  return jax.random.fold_in(key, position)
+
+
+def generate_codes(prior: prior_lib.Prior, key: jax.Array, batch_size: int, *, top_k: int,
+                   top_p, temperature, constrain: Callable = lambda x: x) -> jax.Array:
+  """int32 [B, N]: codes sampled one position at a time, each step reading the KV cache.
+
+  `constrain` places the batch-major carry on the mesh (a sharding constraint) or is identity.
+  """
+  bos_B = constrain(jnp.full((batch_size,), prior.bos, jnp.int32))
+  cache = jax.tree.map(constrain, prior.init_cache(batch_size))
+
+  def step(carry, position):
+    token_B, cache = carry
+    logits_BxK, cache = prior.decode_step(token_B, position, cache)
+    code_B = sampling.sample_codes(_position_key(key, position), logits_BxK, top_k=top_k,
+                                   top_p=top_p, temperature=temperature)
+    return (code_B, cache), code_B
+
+  _, codes_NxB = jax.lax.scan(step, (bos_B, cache), jnp.arange(prior.seq_len))
+  return codes_NxB.T
+
+
+def generate_codes_uncached(prior: prior_lib.Prior, key: jax.Array, batch_size: int, *,
+                            top_k: int, top_p, temperature,
+                            constrain: Callable = lambda x: x) -> jax.Array:
+  """int32 [B, N] like `generate_codes`, recomputing the whole prefix for every code."""
+  n = prior.seq_len
+  tokens_BxT = constrain(jnp.full((batch_size, n + 1), prior.bos, jnp.int32))
+
+  def step(position, tokens_BxT):
+    # Positions after `position` hold BOS placeholders; causal attention never reads them.
+    logits_BxK = prior(tokens_BxT[:, :n], train=False)[:, position]
+    code_B = sampling.sample_codes(_position_key(key, position), logits_BxK, top_k=top_k,
+                                   top_p=top_p, temperature=temperature)
+    return tokens_BxT.at[:, position + 1].set(code_B)
+
+  return jax.lax.fori_loop(0, n, step, tokens_BxT)[:, 1:]
+
+
+def decode_pairs(vae: mxq_vae.MXQVAE, codes_BxN: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Codes -> (uint8 images [B, H, W, 3], token ids [B, L]) through both cross decoders."""
+  images_BxHxWx3, logits_BxLxV = vae.decode(codes_BxN)
+  pixels = jnp.round(normalization.denormalize_images(images_BxHxWx3) * 255.0)
+  return pixels.astype(jnp.uint8), jnp.argmax(logits_BxLxV, axis=-1).astype(jnp.int32)
+
+
+def make_sampler(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
+                 batch_size: int, top_k: int, cached: bool = True):
+  """Jitted (prior vars, stage-1 vars, key, top_p, temperature) -> {'codes', 'images', 'tokens'}.
+
+  The graph definitions come from the config; the variables are the restored states'
+  (`variables_of`). Outputs are sharded over the batch.
+  """
+  num_batch_devices = mesh.devices.size
+  if batch_size % num_batch_devices:
+    raise ValueError(f"batch size {batch_size} must be divisible by the {num_batch_devices} "
+                     "devices of the mesh")
+  prior_graphdef = train_lib.graphdef_of(stage2.make_stage(config, stage1_step=0))
+  vae_graphdef = train_lib.graphdef_of(stage1.make_stage(config))
+  batch_sharding = sharding.batch_sharding(mesh)
+  constrain = lambda x: jax.lax.with_sharding_constraint(x, batch_sharding)
+  generate = generate_codes if cached else generate_codes_uncached
+
+  def sample(prior_vars: Variables, vae_vars: Variables, key: jax.Array, top_p, temperature):
+    prior = nnx.merge(prior_graphdef, *prior_vars)
+    codes_BxN = generate(prior, key, batch_size, top_k=top_k, top_p=top_p,
+                         temperature=temperature, constrain=constrain)
+    images, tokens = decode_pairs(nnx.merge(vae_graphdef, *vae_vars), codes_BxN)
+    return {"codes": codes_BxN, "images": images, "tokens": tokens}
+
+  return jax.jit(sample, out_shardings=batch_sharding)
