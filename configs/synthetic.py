@@ -46,17 +46,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   vq.optim.learning_rate = 2e-3
   vq.optim.warmup_steps = 250
 
-  prior = config.prior  # N = 32 codes of K = 512: a small GPT trains in minutes on 2 cores.
+  prior = config.prior  # N = 32 codes of K = 512: a small GPT that trains in minutes on 2 cores.
   prior.num_layers = 4
   prior.num_heads = 4
-  prior.dim = 256
-  prior.mlp_dim = 1024
+  prior.dim = 128
+  prior.mlp_dim = 512
   prior.dropout = 0.1
   prior.optim.batch_size = 64
-  prior.optim.num_steps = 4_000
+  prior.optim.num_steps = 1_800
   prior.optim.learning_rate = 1e-3
-  prior.optim.warmup_steps = 200
-  prior.optim.eval_every = 1_000
+  prior.optim.warmup_steps = 100
+  prior.optim.eval_every = 600
+  prior.optim.checkpoint_every = 600
 
   if variant == "paper":
     config_lib.apply_paper_sizes(config)

@@ -2,51 +2,157 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from mxq_jax import config_lib, run
 from conftest import REPO, load_config
 
 
-def run_main(*flags: str) -> subprocess.CompletedProcess:
+def run_module(module: str, *flags: str) -> subprocess.CompletedProcess:
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  return subprocess.run([sys.executable, "-m", "mxq_jax.main", *flags], cwd=REPO, env=env,
+  return subprocess.run([sys.executable, "-m", module, *flags], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=600)
+
+
+def run_main(*flags: str) -> subprocess.CompletedProcess:
+  return run_module("mxq_jax.main", *flags)
+
+
+def run_sample(*flags: str) -> subprocess.CompletedProcess:
+  return run_module("mxq_jax.sample", *flags)
 
 
 def snapshot(path) -> list[str]:
   return sorted(f"{p}:{p.stat().st_mtime_ns}" for p in path.rglob("*"))
 
 
-def test_main_trains_resumes_and_refuses_other_models(tmp_path):
+def last_line(result: subprocess.CompletedProcess) -> str:
+  return result.stderr.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+  """`main` on :smoke: stage 1, the codes, stage 2; then checks of what it wrote."""
+  tmp_path = tmp_path_factory.mktemp("main")
   workdir, data_dir = tmp_path / "work", tmp_path / "tfds"
   common = ["--config=configs/synthetic.py:smoke", f"--workdir={workdir}",
             f"--config.data.data_dir={data_dir}"]
   first = run_main(*common)
   assert first.returncode == 0, first.stderr[-3000:]
-  assert "stage1: step 6/6" in first.stderr
+  return workdir, common, first
+
+
+def test_main_trains_both_stages(trained_workdir):
+  workdir, _, first = trained_workdir
+  assert "stages to run: stage1,encode,stage2" in first.stderr
+  assert "stage1: step 6/6" in first.stderr and "stage2: step 6/6" in first.stderr
   metrics = json.loads((workdir / "stage1" / "eval_metrics.json").read_text())
   assert metrics["step"] == 6 and metrics["examples"] == 64
   assert 0.0 <= metrics["token_accuracy"] <= 1.0 and metrics["psnr"] > 0
-  assert sorted(os.listdir(workdir / "stage1" / "checkpoints")) == ["3", "6"]
+  prior_metrics = json.loads((workdir / "stage2" / "eval_metrics.json").read_text())
+  assert prior_metrics["step"] == 6 and prior_metrics["examples"] == 64
+  assert 0 < prior_metrics["nll_per_code"] < 2 * np.log(32)  # random guessing: log K.
+  for stage in ("stage1", "stage2"):
+    assert sorted(os.listdir(workdir / stage / "checkpoints")) == ["3", "6"]
+    assert list((workdir / stage).glob("events.out.tfevents*"))
+  codes_dir = workdir / "codes" / "stage1_step_6"
+  assert sorted(os.listdir(codes_dir)) == [
+      "meta.json", "test-00000-of-00001.npy", "train-00000-of-00001.npy"]
+  assert np.load(codes_dir / "train-00000-of-00001.npy").shape == (256, 12)
   assert (workdir / "tokenizer.model").exists()
-  assert list((workdir / "stage1").glob("events.out.tfevents*"))
 
+
+def test_main_again_does_nothing_and_refuses_other_models(trained_workdir):
+  workdir, common, _ = trained_workdir
   before = snapshot(workdir)
   again = run_main(*common)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert "already trained (6/6 steps); nothing to do" in again.stderr
+  assert "every selected stage (stage1,encode,stage2) is done; nothing to do" in again.stderr
   assert snapshot(workdir) == before
 
   other = run_main(*common, "--config.vqvae.embed_dim=32")
   assert other.returncode == 1
-  last_line = other.stderr.strip().splitlines()[-1]
-  assert last_line.startswith("mxq_jax: error:") and "different model" in last_line
-  assert "embed_dim: checkpoint 16 vs config 32" in last_line and "--workdir" in last_line
+  line = last_line(other)
+  assert line.startswith("mxq_jax: error:") and "different model" in line
+  assert "embed_dim: checkpoint 16 vs config 32" in line and "--workdir" in line
+  other_prior = run_main(*common, "--config.prior.dim=64")
+  assert other_prior.returncode == 1
+  assert "stage2/checkpoints holds checkpoints of a different model" in last_line(other_prior)
+  assert "dim: checkpoint 32 vs config 64" in last_line(other_prior)
   assert snapshot(workdir) == before
+
+
+def test_sample_writes_pairs_and_refuses_to_overwrite(trained_workdir, tmp_path):
+  workdir = trained_workdir[0]
+  outdir = tmp_path / "samples"
+  flags = [f"--workdir={workdir}", f"--outdir={outdir}", "--num_samples=20", "--batch_size=16",
+           "--seed=3"]
+  result = run_sample(*flags)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "wrote 20 pairs" in result.stdout and "pairs/s" in result.stdout
+  assert sorted(os.listdir(outdir)) == ["grid.png", "images", "samples.jsonl"]
+  assert sorted(os.listdir(outdir / "images")) == [f"{i:05d}.png" for i in range(20)]
+  records = [json.loads(line) for line in (outdir / "samples.jsonl").read_text().splitlines()]
+  assert [r["id"] for r in records] == list(range(20))
+  assert all(len(r["codes"]) == 12 and 0 <= min(r["codes"]) and max(r["codes"]) < 32
+             for r in records)
+  assert records[0]["seed"] == 3 and records[0]["top_k"] == 10 and records[0]["top_p"] == 1.0
+  assert isinstance(records[0]["caption"], str)
+  assert all(0 <= t < 96 for r in records for t in r["tokens"])
+  with Image.open(outdir / "images" / "00000.png") as image:
+    assert image.size == (16, 16) and image.mode == "RGB"
+
+  before = snapshot(outdir)
+  refused = run_sample(*flags)
+  assert refused.returncode == 1 and "--overwrite" in last_line(refused)
+  assert snapshot(outdir) == before
+
+  again = run_sample(*flags, "--overwrite", "--num_samples=4")
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert len(os.listdir(outdir / "images")) == 4
+  # Same seed, same settings: the same pairs.
+  rerun = [json.loads(line) for line in (outdir / "samples.jsonl").read_text().splitlines()]
+  assert [r["codes"] for r in rerun] == [r["codes"] for r in records[:4]]
+  assert not [p for p in os.listdir(tmp_path) if p.startswith("samples.")]  # no leftovers.
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--top_k=0", "--top_k=0 must be >= 1"),
+    ("--top_p=0", "--top_p=0.0 must be in (0, 1]"),
+    ("--top_p=1.5", "--top_p=1.5 must be in (0, 1]"),
+    ("--temperature=0", "--temperature=0.0 must be > 0"),
+])
+def test_sample_refuses_bad_settings(tmp_path, flag, message):
+  result = run_sample(f"--workdir={tmp_path}", f"--outdir={tmp_path / 'out'}", flag)
+  assert result.returncode == 1
+  assert last_line(result) == f"mxq_jax: error: {message}" or message in last_line(result)
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "out").exists()
+
+
+def test_sample_refuses_workdirs_without_a_matching_prior(trained_workdir, tmp_path):
+  workdir = trained_workdir[0]
+  no_prior = tmp_path / "no_prior"
+  shutil.copytree(workdir, no_prior, ignore=shutil.ignore_patterns("stage2"))
+  result = run_sample(f"--workdir={no_prior}", f"--outdir={tmp_path / 'out'}")
+  assert result.returncode == 1
+  assert "holds no prior checkpoint; train stage 2 first" in last_line(result)
+
+  other_stage1 = tmp_path / "other_stage1"
+  shutil.copytree(workdir, other_stage1)
+  shutil.rmtree(other_stage1 / "stage1" / "checkpoints" / "6")
+  result = run_sample(f"--workdir={other_stage1}", f"--outdir={tmp_path / 'out'}")
+  assert result.returncode == 1
+  assert "models the codes of stage-1 step 6, which this workdir cannot provide" in (
+      last_line(result))
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "out").exists()
 
 
 def test_unknown_config_field_is_one_clear_line(tmp_path):

@@ -1,0 +1,96 @@
+"""The jitted sampler: cache vs. no cache, determinism, ranges, sharding, no recompilation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from mxq_jax import config_lib, sampler, sharding, stage1, stage2, train_lib
+from conftest import load_config
+
+BATCH = 16
+
+
+@pytest.fixture(scope="module")
+def setup():
+  config = load_config("synthetic", "smoke")
+  mesh = sharding.make_mesh(config.mesh)  # all 8 fake devices on the batch axis.
+  states = []
+  for stage in (stage2.make_stage(config, stage1_step=0), stage1.make_stage(config)):
+    _, shardings = train_lib.abstract_state(stage, mesh)
+    states.append(sampler.variables_of(train_lib.init_state(stage, 0, shardings)))
+  # A random prior is nearly uniform; sharpen its head so that samples depend on the prefix.
+  params = states[0][0]
+  params["head"]["kernel"][...] = params["head"]["kernel"][...] * 50.0
+  return config, mesh, states[0], states[1]
+
+
+def sample(setup, seed, *, cached=True, top_k=10, top_p=1.0, temperature=1.0, mesh=None):
+  config, default_mesh, prior_vars, vae_vars = setup
+  fn = sampler.make_sampler(config, mesh or default_mesh, batch_size=BATCH, top_k=top_k,
+                            cached=cached)
+  return fn, fn(prior_vars, vae_vars, jax.random.key(seed), top_p, temperature)
+
+
+def test_shapes_dtypes_and_ranges(setup):
+  config = setup[0]
+  _, out = sample(setup, 0)
+  n, size = config_lib.num_joint_codes(config), config.data.image_size
+  assert out["codes"].shape == (BATCH, n) and out["codes"].dtype == jnp.int32
+  assert out["images"].shape == (BATCH, size, size, 3) and out["images"].dtype == jnp.uint8
+  assert out["tokens"].shape == (BATCH, config.data.text_length)
+  codes = np.asarray(out["codes"])
+  assert codes.min() >= 0 and codes.max() < config.vqvae.codebook_size
+  assert np.asarray(out["tokens"]).max() < config.data.vocab_size
+
+
+def test_cached_and_uncached_decoding_draw_the_same_codes(setup):
+  # Same key per position and the same logits (to float rounding): the same samples.
+  _, cached = sample(setup, 3, cached=True, top_k=1000)
+  _, uncached = sample(setup, 3, cached=False, top_k=1000)
+  same = np.mean(np.asarray(cached["codes"]) == np.asarray(uncached["codes"]))
+  assert same > 0.99, same  # a near-tie flipped by rounding may change a code, and its suffix.
+
+
+def test_same_seed_same_samples_other_seed_other_samples(setup):
+  _, a = sample(setup, 1)
+  _, b = sample(setup, 1)
+  _, c = sample(setup, 2)
+  np.testing.assert_array_equal(a["codes"], b["codes"])
+  np.testing.assert_array_equal(a["images"], b["images"])
+  assert np.mean(np.asarray(a["codes"]) != np.asarray(c["codes"])) > 0.5
+
+
+def test_top_k_one_is_greedy_and_ignores_the_key(setup):
+  _, a = sample(setup, 1, top_k=1)
+  _, b = sample(setup, 2, top_k=1)
+  np.testing.assert_array_equal(a["codes"], b["codes"])
+  assert len({tuple(row) for row in np.asarray(a["codes"])}) == 1  # one greedy sequence.
+
+
+def test_new_key_and_settings_reuse_the_compiled_program(setup):
+  config, mesh, prior_vars, vae_vars = setup
+  fn = sampler.make_sampler(config, mesh, batch_size=BATCH, top_k=10)
+  for seed, top_p, temperature in [(0, 1.0, 1.0), (1, 0.9, 1.0), (2, 0.5, 0.7)]:
+    jax.block_until_ready(fn(prior_vars, vae_vars, jax.random.key(seed), jnp.float32(top_p),
+                             jnp.float32(temperature)))
+  assert fn._cache_size() == 1
+
+
+def test_batch_is_sharded_and_matches_one_device(setup):
+  config, mesh, prior_vars, vae_vars = setup
+  _, out = sample(setup, 5)
+  assert out["codes"].sharding.spec == sharding.batch_sharding(mesh).spec
+  assert len({s.index[0].start for s in out["images"].addressable_shards}) == jax.device_count()
+  one_device = sharding.make_mesh(config.mesh, devices=jax.devices()[:1])
+  one = jax.device_put((prior_vars, vae_vars), sharding.replicated(one_device))
+  fn = sampler.make_sampler(config, one_device, batch_size=BATCH, top_k=10)
+  single = fn(*one, jax.random.key(5), 1.0, 1.0)
+  np.testing.assert_array_equal(out["codes"], single["codes"])
+
+
+def test_batch_must_divide_the_devices(setup):
+  config, mesh = setup[0], setup[1]
+  with pytest.raises(ValueError, match="divisible by the 8 devices"):
+    sampler.make_sampler(config, mesh, batch_size=12, top_k=10)
