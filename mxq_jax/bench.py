@@ -1,9 +1,14 @@
-r"""Throughput of the train steps: `python -m mxq_jax.bench --config=configs/synthetic.py`.
+r"""Throughput of training and generation: `python -m mxq_jax.bench --config=configs/synthetic.py`.
 
-Prints one JSON object: for each stage, the compile time, steady-state steps/s and examples/s
-of the jitted, sharded train step on random batches of the configured shapes (the input
-pipeline is measured separately), its model FLOPs from XLA's cost analysis, the achieved FLOP/s
-as a fraction of this machine's dense matmul FLOP/s measured in the same run, and peak memory.
+Prints one JSON object with, on randomly initialized models of the configured sizes:
+- for each stage's jitted, sharded train step, on random batches of the configured shapes (the
+  input pipeline is measured separately): compile time, steady-state steps/s and examples/s;
+- for the sampler (codes, then pixels and tokens, one compiled program), at each
+  --sampler_batches size: compile time and pairs/s; and the same for the reference-style
+  baseline (batch 1, no KV cache, a full forward over the prefix for every new code), with the
+  ratio of the largest cached batch's pairs/s to the baseline's;
+- each program's model FLOPs from XLA's cost analysis and the achieved FLOP/s as a fraction of
+  this machine's dense matmul FLOP/s, measured in the same run; peak memory.
 """
 
 import json
@@ -16,11 +21,13 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from mxq_jax import config_lib, sharding, stage1, train_lib
+from mxq_jax import config_lib, sampler, sharding, stage1, stage2, train_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_integer("steps", 20, "Timed steps after the warm-up step.")
+flags.DEFINE_list("sampler_batches", ["1", "64", "256"], "Batch sizes of the cached sampler.")
+flags.DEFINE_float("min_seconds", 2.0, "Each sampler measurement repeats calls for this long.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -103,6 +110,43 @@ def bench_train_step(stage: train_lib.Stage, batch: dict, mesh, steps: int,
   return result
 
 
+def random_codes_batch(config, batch_size: int) -> dict:
+  shape = (batch_size, config_lib.num_joint_codes(config))
+  return {"codes": jax.random.randint(jax.random.key(0), shape, 0, config.vqvae.codebook_size)}
+
+
+def _time_calls(fn, min_seconds: float) -> float:
+  """Seconds per call of fn() (blocking), over at least two calls and min_seconds."""
+  calls, start = 0, time.perf_counter()
+  while calls < 2 or time.perf_counter() - start < min_seconds:
+    jax.block_until_ready(fn(calls))
+    calls += 1
+  return (time.perf_counter() - start) / calls
+
+
+def bench_sampler(config, mesh, variables, batch_size: int, *, cached: bool, top_k: int,
+                  peak_flops: float, min_seconds: float) -> dict:
+  """Pairs/s of one sampler program (codes + decoding), steady state, new key each call."""
+  make = lambda unroll: sampler.make_sampler(config, mesh, batch_size=batch_size, top_k=top_k,
+                                              cached=cached, unroll=unroll)
+  sample_fn, key = make(False), jax.random.key(0)
+  args = (*variables, key, 1.0, 1.0)
+  start = time.perf_counter()
+  compiled = sample_fn.lower(*args).compile()
+  compile_s = time.perf_counter() - start
+  # XLA counts a loop body once: the FLOPs come from the unrolled program (lowered only).
+  flops = cost_flops(make(True), *args)
+  jax.block_until_ready(compiled(*args))  # warm-up.
+  seconds = _time_calls(
+      lambda i: compiled(*variables, jax.random.fold_in(key, i), 1.0, 1.0), min_seconds)
+  result = {"batch_size": batch_size, "kv_cache": cached, "compile_s": round(compile_s, 2),
+            "pairs_per_s": round(batch_size / seconds, 2)}
+  if flops:
+    result["gflops_per_call"] = round(flops / 1e9, 3)
+    result["achieved_flops_fraction_of_matmul"] = round(flops / seconds / peak_flops, 4)
+  return result
+
+
 def main(argv):
   del argv
   config = FLAGS.config
@@ -119,7 +163,28 @@ def main(argv):
           stage1.make_stage(config),
           stage1.random_batch(config, config.vqvae.optim.batch_size), mesh, FLAGS.steps,
           peak_flops),
+      "stage2_train_step": bench_train_step(
+          stage2.make_stage(config, stage1_step=0),
+          random_codes_batch(config, config.prior.optim.batch_size), mesh, FLAGS.steps,
+          peak_flops),
   }
+  variables = []
+  for stage in (stage2.make_stage(config, stage1_step=0), stage1.make_stage(config)):
+    _, shardings = train_lib.abstract_state(stage, mesh)
+    variables.append(sampler.variables_of(train_lib.init_state(stage, 0, shardings)))
+  common = dict(top_k=config.sampling.top_k, peak_flops=peak_flops,
+                min_seconds=FLAGS.min_seconds)
+  one_device = (sharding.make_mesh(config.mesh, jax.devices()[:1]),
+                jax.device_put(variables, jax.devices()[0]))
+  # A batch that the devices do not divide (batch 1 on 8 chips) runs on one device.
+  on = lambda b: (mesh, variables) if b % jax.device_count() == 0 else one_device
+  samplers = [bench_sampler(config, *on(int(b)), int(b), cached=True, **common)
+              for b in FLAGS.sampler_batches]
+  baseline = bench_sampler(config, *one_device, 1, cached=False, **common)
+  report["sampler"] = samplers
+  report["sampler_reference_style_baseline"] = baseline
+  report["sampler_speedup_vs_baseline"] = round(
+      samplers[-1]["pairs_per_s"] / baseline["pairs_per_s"], 1)
   report["peak_memory"] = peak_memory_bytes()
   json.dump(report, sys.stdout, indent=2)
   print()

@@ -10,12 +10,19 @@ from absl import flags
 FLAGS = flags.FLAGS
 
 
+# Orbax warns of every read-only manager, which is how checkpoints are read after training.
+_EXPECTED_WARNINGS = ("is read only", "read_only=True")
+
+
 class OwnInfoOnly(std_logging.Filter):
   """Hides libraries' INFO chatter (orbax logs ~40 lines a checkpoint); keeps their warnings."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
     own = any(part in record.pathname for part in ("/mxq_jax/", "/clu/"))
-    return own or record.levelno >= std_logging.WARNING
+    if own:
+      return True
+    return record.levelno >= std_logging.WARNING and not any(
+        text in record.getMessage() for text in _EXPECTED_WARNINGS)
 
 
 def initialize_distributed() -> None:

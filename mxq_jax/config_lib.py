@@ -107,6 +107,10 @@ def base_config() -> ml_collections.ConfigDict:
       mlp_dim=2048,  # 4 x dim, GPT-2's ratio.
       dropout=0.1,  # on embeddings, attention probabilities and residual branches.
       dtype="float32",  # compute dtype ("bfloat16" on accelerators); parameters stay float32.
+      # The order the prior generates the joint codes in: "image_first" (the reference: the
+      # image grid in raster order, then the text positions) or "text_first" (the caption's
+      # codes, which carry the pair's content in few positions, then the image grid).
+      code_order="image_first",
       # False: the frozen stage-1 model encodes both splits once, into {workdir}/codes/;
       # True: each training batch is encoded inside the input stream (no files, more compute).
       encode_on_the_fly=False,
@@ -209,6 +213,16 @@ def num_joint_codes(config: ml_collections.ConfigDict) -> int:
   return image_grid_size(config) ** 2 + text_positions(config)
 
 
+def prior_code_order(config: ml_collections.ConfigDict):
+  """The permutation from stage-1 code positions (image grid, then text) to the prior's order."""
+  import numpy as np
+  num_image = image_grid_size(config) ** 2
+  positions = np.arange(num_joint_codes(config))
+  if config.prior.code_order == "text_first":
+    return np.concatenate([positions[num_image:], positions[:num_image]])
+  return positions
+
+
 # ---------------------------------------------------------------------------------- validation
 
 
@@ -290,6 +304,9 @@ def validate_prior(config: ml_collections.ConfigDict, num_devices: int | None) -
     raise ConfigError(f"config.prior.dropout={prior.dropout} must be in [0, 1)")
   if prior.dtype not in ("float32", "bfloat16"):
     raise ConfigError(f"config.prior.dtype={prior.dtype!r}: use 'float32' or 'bfloat16'")
+  if prior.code_order not in ("image_first", "text_first"):
+    raise ConfigError(
+        f"config.prior.code_order={prior.code_order!r}: use 'image_first' or 'text_first'")
   validate_optim(prior.optim, "config.prior.optim", num_devices)
 
 

@@ -15,9 +15,10 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 
-from mxq_jax import sampling, sharding, stage1, stage2, train_lib
+from mxq_jax import config_lib, sampling, sharding, stage1, stage2, train_lib
 from mxq_jax.data import normalization
 from mxq_jax.models import mxq_vae, prior as prior_lib
 
@@ -35,10 +36,12 @@ def _position_key(key: jax.Array, position: jax.Array) -> jax.Array:
 
 
 def generate_codes(prior: prior_lib.Prior, key: jax.Array, batch_size: int, *, top_k: int,
-                   top_p, temperature, constrain: Callable = lambda x: x) -> jax.Array:
+                   top_p, temperature, constrain: Callable = lambda x: x,
+                   unroll: bool = False) -> jax.Array:
   """int32 [B, N]: codes sampled one position at a time, each step reading the KV cache.
 
   `constrain` places the batch-major carry on the mesh (a sharding constraint) or is identity.
+  `unroll` writes out every position (for XLA's cost analysis, which counts a loop body once).
   """
   bos_B = constrain(jnp.full((batch_size,), prior.bos, jnp.int32))
   cache = jax.tree.map(constrain, prior.init_cache(batch_size))
@@ -50,13 +53,13 @@ def generate_codes(prior: prior_lib.Prior, key: jax.Array, batch_size: int, *, t
                                    top_p=top_p, temperature=temperature)
     return (code_B, cache), code_B
 
-  _, codes_NxB = jax.lax.scan(step, (bos_B, cache), jnp.arange(prior.seq_len))
+  _, codes_NxB = jax.lax.scan(step, (bos_B, cache), jnp.arange(prior.seq_len), unroll=unroll)
   return codes_NxB.T
 
 
 def generate_codes_uncached(prior: prior_lib.Prior, key: jax.Array, batch_size: int, *,
                             top_k: int, top_p, temperature,
-                            constrain: Callable = lambda x: x) -> jax.Array:
+                            constrain: Callable = lambda x: x, unroll: bool = False) -> jax.Array:
   """int32 [B, N] like `generate_codes`, recomputing the whole prefix for every code."""
   n = prior.seq_len
   tokens_BxT = constrain(jnp.full((batch_size, n + 1), prior.bos, jnp.int32))
@@ -68,7 +71,7 @@ def generate_codes_uncached(prior: prior_lib.Prior, key: jax.Array, batch_size: 
                                    top_p=top_p, temperature=temperature)
     return tokens_BxT.at[:, position + 1].set(code_B)
 
-  return jax.lax.fori_loop(0, n, step, tokens_BxT)[:, 1:]
+  return jax.lax.fori_loop(0, n, step, tokens_BxT, unroll=unroll)[:, 1:]
 
 
 def decode_pairs(vae: mxq_vae.MXQVAE, codes_BxN: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -79,11 +82,12 @@ def decode_pairs(vae: mxq_vae.MXQVAE, codes_BxN: jax.Array) -> tuple[jax.Array, 
 
 
 def make_sampler(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
-                 batch_size: int, top_k: int, cached: bool = True):
+                 batch_size: int, top_k: int, cached: bool = True, unroll: bool = False):
   """Jitted (prior vars, stage-1 vars, key, top_p, temperature) -> {'codes', 'images', 'tokens'}.
 
   The graph definitions come from the config; the variables are the restored states'
-  (`variables_of`). Outputs are sharded over the batch.
+  (`variables_of`). Outputs are sharded over the batch. `cached=False`: the reference-style
+  baseline; `unroll`: for cost analysis only.
   """
   num_batch_devices = mesh.devices.size
   if batch_size % num_batch_devices:
@@ -94,11 +98,14 @@ def make_sampler(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
   batch_sharding = sharding.batch_sharding(mesh)
   constrain = lambda x: jax.lax.with_sharding_constraint(x, batch_sharding)
   generate = generate_codes if cached else generate_codes_uncached
+  # The prior generates in its own order; the decoders read stage-1 order (image, then text).
+  to_stage1_order = np.argsort(config_lib.prior_code_order(config))
 
   def sample(prior_vars: Variables, vae_vars: Variables, key: jax.Array, top_p, temperature):
     prior = nnx.merge(prior_graphdef, *prior_vars)
     codes_BxN = generate(prior, key, batch_size, top_k=top_k, top_p=top_p,
-                         temperature=temperature, constrain=constrain)
+                         temperature=temperature, constrain=constrain,
+                         unroll=unroll)[:, to_stage1_order]
     images, tokens = decode_pairs(nnx.merge(vae_graphdef, *vae_vars), codes_BxN)
     return {"codes": codes_BxN, "images": images, "tokens": tokens}
 

@@ -1,8 +1,9 @@
 """Stage 2: the prior over joint codes, next-code cross-entropy, as a `Stage` of `train_lib`.
 
 A batch is {'codes': int32 [B, N]} of the frozen stage-1 model (read from `{workdir}/codes/`, or
-encoded on the fly by `codes.on_the_fly`). The prior reads BOS then codes[:-1] and predicts every
-code: position t's logits score code t.
+encoded on the fly by `codes.on_the_fly`), in stage-1 order (image grid, then text). The prior
+models them in config.prior.code_order: it reads BOS then codes[:-1] and predicts every code, so
+position t's logits score code t.
 """
 
 import math
@@ -54,15 +55,15 @@ def next_code_losses(prior: prior_lib.Prior, codes_BxN: jax.Array, *, train: boo
   return ce_BxN, correct_BxN
 
 
-def loss_fn(model: prior_lib.Prior, batch, key: jax.Array):
-  ce_BxN, correct_BxN = next_code_losses(model, batch["codes"], train=True,
+def loss_fn(order_N: np.ndarray, model: prior_lib.Prior, batch, key: jax.Array):
+  ce_BxN, correct_BxN = next_code_losses(model, batch["codes"][:, order_N], train=True,
                                          rngs=nnx.Rngs(dropout=key))
   return ce_BxN.mean(), {"accuracy": correct_BxN.mean()}
 
 
-def eval_fn(model: prior_lib.Prior, batch):
+def eval_fn(order_N: np.ndarray, model: prior_lib.Prior, batch):
   """Sums over the real examples of one test batch (eval mode: no dropout)."""
-  ce_BxN, correct_BxN = next_code_losses(model, batch["codes"], train=False)
+  ce_BxN, correct_BxN = next_code_losses(model, batch["codes"][:, order_N], train=False)
   valid_B = batch["valid"]
   return {
       "examples": valid_B.sum(),
@@ -84,12 +85,13 @@ def summarize_eval(sums: dict[str, np.ndarray], seq_len: int) -> dict[str, float
 
 def make_stage(config: ml_collections.ConfigDict, stage1_step: int) -> train_lib.Stage:
   seq_len = config_lib.num_joint_codes(config)
+  order_N = config_lib.prior_code_order(config)
   return train_lib.Stage(
       name="stage2",
       optim=config.prior.optim,
       build_model=lambda rngs: build_model(config, rngs),
-      loss_fn=loss_fn,
-      eval_fn=eval_fn,
+      loss_fn=lambda model, batch, key: loss_fn(order_N, model, batch, key),
+      eval_fn=lambda model, batch: eval_fn(order_N, model, batch),
       summarize_eval=lambda sums: summarize_eval(sums, seq_len),
       signature=model_signature(config, stage1_step),
   )

@@ -94,3 +94,22 @@ def test_batch_must_divide_the_devices(setup):
   config, mesh = setup[0], setup[1]
   with pytest.raises(ValueError, match="divisible by the 8 devices"):
     sampler.make_sampler(config, mesh, batch_size=12, top_k=10)
+
+
+def test_text_first_prior_codes_come_back_in_stage1_order(setup):
+  config, mesh, prior_vars, vae_vars = setup
+  config = config.copy_and_resolve_references()
+  config.prior.code_order = "text_first"
+  order = config_lib.prior_code_order(config)
+  num_image = config_lib.image_grid_size(config) ** 2
+  np.testing.assert_array_equal(order[:config_lib.text_positions(config)],
+                                np.arange(num_image, config_lib.num_joint_codes(config)))
+  out = sampler.make_sampler(config, mesh, batch_size=BATCH, top_k=10)(
+      prior_vars, vae_vars, jax.random.key(4), 1.0, 1.0)
+  prior = nnx.merge(train_lib.graphdef_of(stage2.make_stage(config, 0)), *prior_vars)
+  in_prior_order = sampler.generate_codes(prior, jax.random.key(4), BATCH, top_k=10, top_p=1.0,
+                                          temperature=1.0)
+  np.testing.assert_array_equal(np.asarray(out["codes"])[:, order], in_prior_order)
+  images, tokens = sampler.decode_pairs(
+      nnx.merge(train_lib.graphdef_of(stage1.make_stage(config)), *vae_vars), out["codes"])
+  np.testing.assert_array_equal(out["tokens"], tokens)
