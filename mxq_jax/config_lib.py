@@ -107,10 +107,10 @@ def base_config() -> ml_collections.ConfigDict:
       mlp_dim=2048,  # 4 x dim, GPT-2's ratio.
       dropout=0.1,  # on embeddings, attention probabilities and residual branches.
       dtype="float32",  # compute dtype ("bfloat16" on accelerators); parameters stay float32.
-      # The order the prior generates the joint codes in: "image_first" (the reference: the
-      # image grid in raster order, then the text positions) or "text_first" (the caption's
-      # codes, which carry the pair's content in few positions, then the image grid).
-      code_order="image_first",
+      # The order the prior generates the joint codes in: "text_first" (the caption's codes,
+      # which carry the pair's content in few positions, then the image grid in raster order)
+      # or "image_first" (the reference: the image grid, then the text positions).
+      code_order="text_first",
       # False: the frozen stage-1 model encodes both splits once, into {workdir}/codes/;
       # True: each training batch is encoded inside the input stream (no files, more compute).
       encode_on_the_fly=False,
@@ -182,17 +182,26 @@ def apply_smoke_sizes(config: ml_collections.ConfigDict) -> None:
 
 
 def from_json_file(path: str) -> ml_collections.ConfigDict:
-  """The config a workdir was trained with (`{workdir}/config.json`), lists back to tuples."""
+  """The config a workdir was trained with (`{workdir}/config.json`), lists back to tuples.
+
+  Fields added to the schema after the workdir was written take today's defaults; where that
+  changes a model's shape or meaning, its checkpoint's recorded signature no longer matches and
+  restoring it is refused.
+  """
   import json
   with open(path) as f:
     data = json.load(f)
 
-  def tuples(value):
-    if isinstance(value, dict):
-      return {k: tuples(v) for k, v in value.items()}
-    return tuple(tuples(v) for v in value) if isinstance(value, list) else value
+  def merge(config: ml_collections.ConfigDict, stored: dict) -> None:
+    for key, value in stored.items():
+      if isinstance(value, dict) and isinstance(config.get(key), ml_collections.ConfigDict):
+        merge(config[key], value)
+      else:
+        config[key] = tuple(value) if isinstance(value, list) else value
 
-  return ml_collections.ConfigDict(tuples(data))
+  config = base_config()
+  merge(config, data)
+  return config
 
 
 # ------------------------------------------------------------------------------- derived sizes

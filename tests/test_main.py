@@ -193,3 +193,14 @@ def test_batch_size_must_split_over_the_devices():
 def test_unknown_config_argument():
   with pytest.raises(config_lib.ConfigError, match="use one of default, paper, smoke"):
     load_config("synthetic", "tiny")
+
+
+def test_workdir_config_reads_back_and_fills_new_fields(tmp_path):
+  config = load_config("synthetic", "smoke")
+  stored = config.to_dict()
+  del stored["prior"]["code_order"]  # a workdir written before the field existed.
+  (tmp_path / "config.json").write_text(json.dumps(stored))
+  restored = config_lib.from_json_file(str(tmp_path / "config.json"))
+  assert restored.prior.code_order == config_lib.base_config().prior.code_order
+  assert restored.vqvae.image_channels == config.vqvae.image_channels  # a tuple again.
+  assert restored.to_dict() == config.to_dict()

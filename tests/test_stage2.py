@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from mxq_jax import codes as codes_lib, config_lib, sharding, stage1, stage2, train_lib
 from mxq_jax.data import pipeline
@@ -20,6 +21,12 @@ def random_split(config, name: str, n: int, seed: int) -> pipeline.Split:
                         num_truncated=0)
 
 
+def random_splits(config, num_train: int, num_test: int) -> pipeline.DataSplits:
+  return pipeline.DataSplits(train=random_split(config, "train", num_train, 0),
+                             test=random_split(config, "test", num_test, 1), tokenizer=None,
+                             label_names={})
+
+
 @pytest.fixture(scope="module")
 def trained_stage1():
   config = load_config("synthetic", "smoke")
@@ -30,7 +37,7 @@ def trained_stage1():
 
 def test_teacher_forcing_shifts_in_bos():
   config = load_config("synthetic", "smoke")
-  prior = stage2.build_model(config, __import__("flax").nnx.Rngs(0))
+  prior = stage2.build_model(config, nnx.Rngs(0))
   codes = jnp.array([[5, 6, 7]])
   np.testing.assert_array_equal(stage2.teacher_forcing_inputs(prior, codes),
                                 [[config.vqvae.codebook_size, 5, 6]])
@@ -67,9 +74,7 @@ def test_eval_summary_in_nats_bits_and_perplexity():
 
 def test_codes_are_written_once_and_read_back_as_encoded(tmp_path, trained_stage1):
   config, mesh, state = trained_stage1
-  splits = pipeline.DataSplits(train=random_split(config, "train", 40, 0),
-                               test=random_split(config, "test", 20, 1), tokenizer=None,
-                               label_names={})
+  splits = random_splits(config, 40, 20)
   directory = codes_lib.encode_splits(config, str(tmp_path), mesh, splits, state, 7)
   assert directory == codes_lib.codes_dir(str(tmp_path), 7) and codes_lib.is_complete(directory)
   meta = codes_lib.read_meta(directory)
@@ -96,9 +101,7 @@ def test_codes_of_several_processes_are_interleaved_back(tmp_path):
 
 def test_codes_of_another_stage1_model_are_refused(tmp_path, trained_stage1):
   config, mesh, state = trained_stage1
-  splits = pipeline.DataSplits(train=random_split(config, "train", 16, 0),
-                               test=random_split(config, "test", 16, 1), tokenizer=None,
-                               label_names={})
+  splits = random_splits(config, 16, 16)
   directory = codes_lib.encode_splits(config, str(tmp_path), mesh, splits, state, 1)
   codes_lib.check_matches(directory, config)
   other = load_config("synthetic", "smoke")
