@@ -1,7 +1,8 @@
 """Two JAX processes on this machine (gloo collectives) train `:smoke` as one 4-device job.
 
-Each process loads only its slice of the data and feeds it as its part of the global batch;
-the checkpoints they write together restore in a single process.
+Each process loads only its slice of the data and feeds it as its part of the global batch, and
+writes its own shard of the codes; the checkpoints and codes they write together serve a single
+process that carries on training the prior.
 """
 
 import json
@@ -54,15 +55,24 @@ def test_two_processes_train_one_job(tmp_path):
   for code, out, err in outputs:
     assert code == 0, err[-3000:]
     assert "METRICS" in out
-  metrics = json.loads((workdir / "stage1" / "eval_metrics.json").read_text())
-  assert metrics["step"] == 6 and metrics["examples"] == 64  # both halves of the test split.
-  assert sorted(os.listdir(workdir / "stage1" / "checkpoints")) == ["3", "6"]
+  for stage in ("stage1", "stage2"):
+    metrics = json.loads((workdir / stage / "eval_metrics.json").read_text())
+    assert metrics["step"] == 6 and metrics["examples"] == 64  # both halves of the test split.
+    assert sorted(os.listdir(workdir / stage / "checkpoints")) == ["3", "6"]
+  assert sorted(os.listdir(workdir / "codes" / "stage1_step_6")) == [
+      "meta.json", "test-00000-of-00002.npy", "test-00001-of-00002.npy",
+      "train-00000-of-00002.npy", "train-00001-of-00002.npy"]
 
-  # One process (one device) reopens the two-process workdir: it finds the job finished.
+  # One process (one device) reopens the two-process workdir and trains the prior further,
+  # on the codes both processes wrote.
   single = subprocess.run(
       [sys.executable, "-m", "mxq_jax.main", "--config=configs/synthetic.py:smoke",
-       f"--workdir={workdir}", f"--config.data.data_dir={data_dir}"],
+       f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
+       "--config.prior.optim.num_steps=8"],
       cwd=REPO, env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=1"),
       capture_output=True, text=True, timeout=300)
   assert single.returncode == 0, single.stderr[-3000:]
-  assert "resumed from the checkpoint of step 6" in single.stderr
+  assert "stages to run: stage2" in single.stderr
+  assert "stage2: resumed from the checkpoint of step 6" in single.stderr
+  metrics = json.loads((workdir / "stage2" / "eval_metrics.json").read_text())
+  assert metrics["step"] == 8 and metrics["examples"] == 64
