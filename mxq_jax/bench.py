@@ -28,6 +28,7 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_
 flags.DEFINE_integer("steps", 20, "Timed steps after the warm-up step.")
 flags.DEFINE_list("sampler_batches", ["1", "64", "256"], "Batch sizes of the cached sampler.")
 flags.DEFINE_float("min_seconds", 2.0, "Each sampler measurement repeats calls for this long.")
+flags.DEFINE_list("parts", ["train", "sampler"], "What to measure: train steps, the sampler.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -147,27 +148,8 @@ def bench_sampler(config, mesh, variables, batch_size: int, *, cached: bool, top
   return result
 
 
-def main(argv):
-  del argv
-  config = FLAGS.config
-  config_lib.validate(config, jax.device_count())
-  mesh = sharding.make_mesh(config.mesh)
-  peak_flops = matmul_flops_per_sec(config.vqvae.dtype)
-  report = {
-      "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-      "backend": jax.default_backend(),
-      "jax": jax.__version__,
-      "compute_dtype": config.vqvae.dtype,
-      "matmul_gflops_per_s": round(peak_flops / 1e9, 1),
-      "stage1_train_step": bench_train_step(
-          stage1.make_stage(config),
-          stage1.random_batch(config, config.vqvae.optim.batch_size), mesh, FLAGS.steps,
-          peak_flops),
-      "stage2_train_step": bench_train_step(
-          stage2.make_stage(config, stage1_step=0),
-          random_codes_batch(config, config.prior.optim.batch_size), mesh, FLAGS.steps,
-          peak_flops),
-  }
+def bench_samplers(config, mesh, peak_flops: float) -> dict:
+  """The cached sampler at each --sampler_batches size, and the reference-style baseline."""
   variables = []
   for stage in (stage2.make_stage(config, stage1_step=0), stage1.make_stage(config)):
     _, shardings = train_lib.abstract_state(stage, mesh)
@@ -181,10 +163,37 @@ def main(argv):
   samplers = [bench_sampler(config, *on(int(b)), int(b), cached=True, **common)
               for b in FLAGS.sampler_batches]
   baseline = bench_sampler(config, *one_device, 1, cached=False, **common)
-  report["sampler"] = samplers
-  report["sampler_reference_style_baseline"] = baseline
-  report["sampler_speedup_vs_baseline"] = round(
-      samplers[-1]["pairs_per_s"] / baseline["pairs_per_s"], 1)
+  return {
+      "sampler": samplers,
+      "sampler_reference_style_baseline": baseline,
+      "sampler_speedup_vs_baseline": round(samplers[-1]["pairs_per_s"]
+                                           / baseline["pairs_per_s"], 1),
+  }
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  config_lib.validate(config, jax.device_count())
+  mesh = sharding.make_mesh(config.mesh)
+  peak_flops = matmul_flops_per_sec(config.vqvae.dtype)
+  report = {
+      "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+      "backend": jax.default_backend(),
+      "jax": jax.__version__,
+      "compute_dtype": config.vqvae.dtype,
+      "matmul_gflops_per_s": round(peak_flops / 1e9, 1),
+  }
+  if "train" in FLAGS.parts:
+    report["stage1_train_step"] = bench_train_step(
+        stage1.make_stage(config), stage1.random_batch(config, config.vqvae.optim.batch_size),
+        mesh, FLAGS.steps, peak_flops)
+    report["stage2_train_step"] = bench_train_step(
+        stage2.make_stage(config, stage1_step=0),
+        random_codes_batch(config, config.prior.optim.batch_size), mesh, FLAGS.steps,
+        peak_flops)
+  if "sampler" in FLAGS.parts:
+    report.update(bench_samplers(config, mesh, peak_flops))
   report["peak_memory"] = peak_memory_bytes()
   json.dump(report, sys.stdout, indent=2)
   print()
