@@ -1,7 +1,8 @@
 """`train_and_evaluate(config, workdir)`: runs the stages a workdir still needs, in order.
 
 config.stages selects from stage1 (train the MXQ-VAE), encode (the joint codes of both splits,
-once) and stage2 (train the prior). Each one resumes or skips from what the workdir holds, so
+once), stage2 (train the prior) and evaluate (generate pairs into {workdir}/samples and score
+them). Each one resumes or skips from what the workdir holds, so
 the same command continues an interrupted run and does nothing on a finished one.
 """
 
@@ -11,6 +12,7 @@ import os
 
 import jax
 import ml_collections
+from jax.experimental import multihost_utils
 from absl import logging
 
 from mxq_jax import checkpointing, codes as codes_lib, config_lib, sharding, stage1, stage2
@@ -45,6 +47,11 @@ def preflight(config: ml_collections.ConfigDict, workdir: str) -> jax.sharding.M
   return mesh
 
 
+def samples_dir(workdir: str) -> str:
+  """Where the evaluate stage writes its generated pairs and their metrics.json."""
+  return os.path.join(workdir, "samples")
+
+
 def _is_trained(workdir: str, stage_name: str, optim: ml_collections.ConfigDict) -> bool:
   step = checkpointing.latest_step(checkpointing.checkpoint_dir(workdir, stage_name))
   return step is not None and step >= optim.num_steps
@@ -59,6 +66,7 @@ def pending_stages(config: ml_collections.ConfigDict, workdir: str) -> list[str]
           stage1_step is not None
           and codes_lib.is_complete(codes_lib.codes_dir(workdir, stage1_step))),
       "stage2": _is_trained(workdir, "stage2", config.prior.optim),
+      "evaluate": os.path.exists(os.path.join(samples_dir(workdir), "metrics.json")),
   }
   return [name for name in config_lib.parse_stages(config.stages) if not done[name]]
 
@@ -72,7 +80,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if not pending:
     logging.info("%s: every selected stage (%s) is done; nothing to do", workdir,
                  ",".join(selected))
-    return {name: metrics_of(name) for name in selected if name != "encode"}
+    return {name: metrics_of(name) for name in selected if name in ("stage1", "stage2")}
 
   os.makedirs(workdir, exist_ok=True)
   config_path = os.path.join(workdir, "config.json")
@@ -94,8 +102,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if "stage2" in pending:
       results["stage2"] = train_stage2(config, workdir, mesh, splits, stage1_state, stage1_step,
                                        batch_sharding)
+  if "evaluate" in pending:
+    results["evaluate"] = evaluate_samples(config, workdir, mesh, splits)
   for name in selected:
-    if name != "encode" and name not in results:
+    if name in ("stage1", "stage2") and name not in results:
       results[name] = metrics_of(name)
   logging.info("test metrics: %s", json.dumps(results))
   return results
@@ -139,4 +149,27 @@ def train_stage2(config, workdir, mesh, splits, stage1_state, stage1_step: int,
   _, metrics = train_lib.train_stage(
       stage2.make_stage(config, stage1_step), workdir=workdir, mesh=mesh, seed=seed,
       train_batches=train_batches, eval_batches=eval_batches)
+  return metrics
+
+
+def evaluate_samples(config, workdir: str, mesh, splits) -> dict[str, float]:
+  """Generates config.evaluation.num_samples pairs (config.sampling) and scores them."""
+  from mxq_jax import evaluate, sample
+  if config.data.name != "caption_digits":
+    logging.warning("evaluate: the attribute metrics need caption_digits, and this run trains "
+                    "on %s: skipped (FID and CLIP score are not built yet)", config.data.name)
+    return {}
+  outdir = samples_dir(workdir)
+  s = config.sampling
+  batch_size = min(s.batch_size, config.evaluation.num_samples)
+  batch_size -= batch_size % jax.device_count()
+  summary = sample.generate(workdir, outdir, num_samples=config.evaluation.num_samples,
+                            batch_size=max(batch_size, jax.device_count()), seed=config.seed,
+                            top_k=s.top_k, top_p=s.top_p, temperature=s.temperature,
+                            overwrite=True)  # our own directory, incomplete (no metrics.json).
+  multihost_utils.sync_global_devices("mxq_jax evaluate: samples written")
+  logging.info("evaluate: generated %d pairs in %.1f s (%.1f pairs/s)", summary["pairs"],
+               summary["seconds"], summary["pairs_per_s"])
+  metrics = evaluate.evaluate_samples(config, workdir, outdir, mesh, splits())
+  logging.info("evaluate: %s", json.dumps(metrics))
   return metrics

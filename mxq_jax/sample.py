@@ -18,17 +18,21 @@ import time
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "A workdir trained by `python -m mxq_jax.main`.")
-flags.DEFINE_string("outdir", None, "Directory for the generated pairs (must be new or empty).")
-flags.DEFINE_integer("num_samples", 64, "Pairs to generate.")
-flags.DEFINE_integer("batch_size", 256, "Pairs per compiled call; a multiple of the devices.")
-flags.DEFINE_integer("seed", 0, "Seed: the same seed and settings give the same pairs.")
-flags.DEFINE_integer("top_k", 10, "Sample from the k most likely codes (>= 1).")
-flags.DEFINE_float("top_p", 1.0, "Sample from the smallest set of codes whose mass reaches p.")
-flags.DEFINE_float("temperature", 1.0, "Divides the logits (> 0): < 1 sharper, > 1 flatter.")
-flags.DEFINE_integer("grid_size", 64, "Pairs shown in grid.png (the first ones).")
-flags.DEFINE_bool("overwrite", False, "Replace the contents of a non-empty --outdir.")
-flags.mark_flags_as_required(["workdir", "outdir"])
+
+
+def define_flags() -> None:
+  """The command's flags; defined only when it runs, so that `run` can import this module."""
+  flags.DEFINE_string("workdir", None, "A workdir trained by `python -m mxq_jax.main`.")
+  flags.DEFINE_string("outdir", None, "Directory for the generated pairs (must be new or empty).")
+  flags.DEFINE_integer("num_samples", 64, "Pairs to generate.")
+  flags.DEFINE_integer("batch_size", 256, "Pairs per compiled call; a multiple of the devices.")
+  flags.DEFINE_integer("seed", 0, "Seed: the same seed and settings give the same pairs.")
+  flags.DEFINE_integer("top_k", 10, "Sample from the k most likely codes (>= 1).")
+  flags.DEFINE_float("top_p", 1.0, "Sample from the smallest set of codes whose mass reaches p.")
+  flags.DEFINE_float("temperature", 1.0, "Divides the logits (> 0): < 1 sharper, > 1 flatter.")
+  flags.DEFINE_integer("grid_size", 64, "Pairs shown in grid.png (the first ones).")
+  flags.DEFINE_bool("overwrite", False, "Replace the contents of a non-empty --outdir.")
+  flags.mark_flags_as_required(["workdir", "outdir"])
 
 
 def check_flags() -> None:
@@ -184,5 +188,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   from mxq_jax import cli
   app.run(main, flags_parser=cli.parse_flags)

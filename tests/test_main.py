@@ -50,7 +50,7 @@ def trained_workdir(tmp_path_factory):
 
 def test_main_trains_both_stages(trained_workdir):
   workdir, _, first = trained_workdir
-  assert "stages to run: stage1,encode,stage2" in first.stderr
+  assert "stages to run: stage1,encode,stage2,evaluate" in first.stderr
   assert "stage1: step 6/6" in first.stderr and "stage2: step 6/6" in first.stderr
   metrics = json.loads((workdir / "stage1" / "eval_metrics.json").read_text())
   assert metrics["step"] == 6 and metrics["examples"] == 64
@@ -68,12 +68,26 @@ def test_main_trains_both_stages(trained_workdir):
   assert (workdir / "tokenizer.model").exists()
 
 
+def test_main_evaluates_generated_pairs(trained_workdir):
+  workdir = trained_workdir[0]
+  samples = workdir / "samples"
+  assert len(os.listdir(samples / "images")) == 32  # config.evaluation.num_samples (:smoke).
+  metrics = json.loads((samples / "metrics.json").read_text())
+  assert metrics["pairs"] == 32
+  for key in ("coherence", "caption_validity", "attribute_tvd", "novelty", "digit_agreement",
+              "classifier_digit_accuracy"):
+    assert 0.0 <= metrics[key] <= 1.0, key
+  assert metrics["feature_fid"] >= 0.0 and 1 <= metrics["combinations"] <= 32
+  assert sorted(os.listdir(workdir / "classifier" / "checkpoints")) == ["6"]
+
+
 def test_main_again_does_nothing_and_refuses_other_models(trained_workdir):
   workdir, common, _ = trained_workdir
   before = snapshot(workdir)
   again = run_main(*common)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert "every selected stage (stage1,encode,stage2) is done; nothing to do" in again.stderr
+  assert "every selected stage (stage1,encode,stage2,evaluate) is done; nothing to do" in (
+      again.stderr)
   assert snapshot(workdir) == before
 
   other = run_main(*common, "--config.vqvae.embed_dim=32")
@@ -120,6 +134,11 @@ def test_sample_writes_pairs_and_refuses_to_overwrite(trained_workdir, tmp_path)
   rerun = [json.loads(line) for line in (outdir / "samples.jsonl").read_text().splitlines()]
   assert [r["codes"] for r in rerun] == [r["codes"] for r in records[:4]]
   assert not [p for p in os.listdir(tmp_path) if p.startswith("samples.")]  # no leftovers.
+
+  scored = run_module("mxq_jax.evaluate", f"--workdir={workdir}", f"--samples={outdir}")
+  assert scored.returncode == 0, scored.stderr[-3000:]
+  metrics = json.loads((outdir / "metrics.json").read_text())
+  assert json.loads(scored.stdout) == metrics and metrics["pairs"] == 4
 
 
 @pytest.mark.parametrize("flag, message", [

@@ -203,7 +203,7 @@ def array_eval_batches(arrays: dict[str, np.ndarray], num_global: int, global_ba
     yield _to_global(batch, sharding)
 
 
-def _normalize_image(batch: dict) -> dict:
+def normalize_image_batch(batch: dict) -> dict:
   return dict(batch, image=normalize_images(batch["image"]))
 
 
@@ -212,7 +212,7 @@ def train_batches(split: Split, global_batch_size: int, seed: int, start_step: i
                   shuffle_buffer: int | None = None) -> Iterator[dict[str, jax.Array]]:
   """Endless training pairs {'image': f32 [B, H, W, 3] normalized, 'tokens': i32 [B, L]}."""
   return array_train_batches({"image": split.images, "tokens": split.tokens}, global_batch_size,
-                             seed, start_step, sharding, shuffle_buffer, _normalize_image,
+                             seed, start_step, sharding, shuffle_buffer, normalize_image_batch,
                              split.name)
 
 
@@ -221,4 +221,4 @@ def eval_batches(split: Split, global_batch_size: int,
   """One ordered pass of pairs: {'image', 'tokens', 'valid'}; PAD (0) tokens in padding rows."""
   assert tokenizer_lib.PAD_ID == 0  # zero padding of the token rows is PAD.
   return array_eval_batches({"image": split.images, "tokens": split.tokens}, split.num_global,
-                            global_batch_size, sharding, _normalize_image)
+                            global_batch_size, sharding, normalize_image_batch)

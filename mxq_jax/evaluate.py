@@ -1,0 +1,150 @@
+r"""Scores generated pairs: `python -m mxq_jax.evaluate --workdir=DIR --samples=OUT`.
+
+OUT is a directory written by `python -m mxq_jax.sample`. On caption_digits, the attribute
+classifier (trained once into DIR/classifier/, its held-out accuracy per attribute checked)
+reads every generated image and the template parser reads every caption; the figures go to
+OUT/metrics.json (replaced on every run: it is derived from OUT) and to stdout:
+
+  coherence           pairs whose caption parses and names the image's attributes, of all pairs
+  {attr}_agreement    per attribute, over the pairs whose caption parses
+  caption_validity    captions that parse (follow a template, each attribute named once)
+  attribute_tvd       mean total-variation distance of the generated images' attribute
+                      marginals from the training split's ({attr}_tvd: each one)
+  combinations        distinct (digit, colour, position, size) combinations among the images
+  feature_fid         Fréchet distance between generated and test images in the classifier's
+                      feature space (not FID: no Inception network is involved)
+  novelty             captions that are not copies of a training caption
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command's flags; defined only when it runs, so that `run` can import this module."""
+  flags.DEFINE_string("workdir", None, "A workdir trained by `python -m mxq_jax.main`.")
+  flags.DEFINE_string("samples", None, "A directory written by `python -m mxq_jax.sample`.")
+  flags.mark_flags_as_required(["workdir", "samples"])
+
+
+def _label_ids(parsed: dict | None) -> dict | None:
+  """Parser output (names) -> the dataset's ClassLabel ids."""
+  from mxq_jax.data import caption_attributes as attrs
+  if parsed is None:
+    return None
+  return {"digit": parsed["digit"], "color": attrs.COLOR_NAMES.index(parsed["color"]),
+          "position": attrs.POSITION_NAMES.index(parsed["position"]),
+          "size": attrs.SIZE_NAMES.index(parsed["size"])}
+
+
+def read_samples(samples_dir: str):
+  """(uint8 images [n, S, S, 3], captions) of a `mxq_jax.sample` output directory."""
+  import numpy as np
+  from PIL import Image
+  from mxq_jax import config_lib
+  path = os.path.join(samples_dir, "samples.jsonl")
+  if not os.path.isfile(path):
+    raise config_lib.ConfigError(
+        f"--samples={samples_dir} holds no samples.jsonl; write one with "
+        "`python -m mxq_jax.sample --workdir=... --outdir=...`")
+  with open(path) as f:
+    records = [json.loads(line) for line in f]
+  images = np.stack([np.asarray(Image.open(os.path.join(samples_dir, r["image"])).convert("RGB"))
+                     for r in records])
+  return images, [r["caption"] for r in records]
+
+
+def trained_classifier(config, workdir: str, mesh, splits):
+  """The classifier's reader, training it first if the workdir has none; checks its accuracy."""
+  from mxq_jax import classifier, config_lib, sharding, train_lib
+  from mxq_jax.data import pipeline
+  stage = classifier.make_stage(config)
+  optim = stage.optim
+  batch_sharding = sharding.batch_sharding(mesh)
+  labelled = lambda split: {"image": split.images,
+                            **{name: split.labels[name] for name in classifier.ATTRIBUTES}}
+  state, accuracy = train_lib.train_stage(
+      stage, workdir=workdir, mesh=mesh, seed=config.seed + 2,
+      train_batches=lambda start: pipeline.array_train_batches(
+          labelled(splits.train), optim.batch_size, config.seed + 2, start, batch_sharding,
+          transform=pipeline.normalize_image_batch),
+      eval_batches=lambda: pipeline.array_eval_batches(
+          labelled(splits.test), splits.test.num_global, optim.batch_size, batch_sharding,
+          transform=pipeline.normalize_image_batch))
+  weakest = min((v, k) for k, v in accuracy.items() if k.endswith("_accuracy"))
+  if weakest[0] < config.evaluation.min_classifier_accuracy:
+    raise config_lib.ConfigError(
+        f"the attribute classifier's held-out {weakest[1]} is {weakest[0]:.4f}, below "
+        f"config.evaluation.min_classifier_accuracy={config.evaluation.min_classifier_accuracy}"
+        f"; raise config.evaluation.classifier_optim.num_steps and delete {workdir}/classifier")
+  return classifier.make_reader(config, state), accuracy
+
+
+def evaluate_samples(config, workdir: str, samples_dir: str, mesh, splits) -> dict:
+  """Every metric of the module docstring, also written to {samples_dir}/metrics.json."""
+  import jax
+  import numpy as np
+  from mxq_jax import classifier, pair_metrics, train_lib
+  from mxq_jax.data import caption_attributes
+  read, classifier_accuracy = trained_classifier(config, workdir, mesh, splits)
+  images, captions = read_samples(samples_dir)
+  if images.shape[1] != config.data.image_size:
+    raise ValueError(f"{samples_dir} holds {images.shape[1]} px images; the workdir's model "
+                     f"makes {config.data.image_size} px")
+  image_attributes, features = read(images)
+  _, test_features = read(splits.test.images)
+  parsed = [_label_ids(caption_attributes.parse_caption(c)) for c in captions]
+  metrics = {
+      "pairs": len(captions),
+      **pair_metrics.coherence(parsed, image_attributes),
+      "caption_validity": pair_metrics.caption_validity(parsed),
+      **pair_metrics.attribute_tvd(image_attributes, splits.train.labels,
+                                   classifier.ATTRIBUTES),
+      "combinations": len(pair_metrics.combinations(image_attributes)),
+      "combinations_possible": int(np.prod(list(classifier.ATTRIBUTES.values()))),
+      "feature_fid": pair_metrics.feature_frechet_distance(features, test_features),
+      "novelty": pair_metrics.novelty(captions, list(splits.train.captions)),
+      **{f"classifier_{k}": v for k, v in classifier_accuracy.items() if k.endswith("accuracy")},
+  }
+  if jax.process_index() == 0:
+    train_lib.write_json_atomically(os.path.join(samples_dir, "metrics.json"), metrics)
+  return metrics
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  from mxq_jax import cli, config_lib, sharding
+  logging.get_absl_handler().addFilter(cli.OwnInfoOnly())
+  cli.initialize_distributed()
+  try:
+    config_path = os.path.join(FLAGS.workdir, "config.json")
+    if not os.path.isfile(config_path):
+      raise config_lib.ConfigError(
+          f"--workdir={FLAGS.workdir} holds no config.json: it is not a workdir trained by "
+          "`python -m mxq_jax.main`")
+    config = config_lib.from_json_file(config_path)
+    if config.data.name != "caption_digits":
+      raise config_lib.ConfigError(
+          f"the attribute metrics need caption_digits; this workdir trained on "
+          f"{config.data.name!r}")
+    from mxq_jax.data import pipeline
+    mesh = sharding.make_mesh(config.mesh)
+    splits = pipeline.load_splits(config, FLAGS.workdir)
+    metrics = evaluate_samples(config, FLAGS.workdir, FLAGS.samples, mesh, splits)
+  except config_lib.ConfigError as error:
+    logging.flush()
+    sys.exit(f"mxq_jax: error: {error}")
+  print(json.dumps(metrics, indent=2))
+
+
+if __name__ == "__main__":
+  define_flags()
+  from mxq_jax import cli
+  app.run(main, flags_parser=cli.parse_flags)
