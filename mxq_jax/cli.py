@@ -52,5 +52,8 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return FLAGS(argv)
   except Exception as error:  # config overrides raise AttributeError, TypeError, flags.Error...
-    sys.exit(f"mxq_jax: error: bad flag or config override ({_one_line(error)}); every "
-             "config field is listed in mxq_jax/config_lib.py")
+    message = _one_line(error)
+    uses_config = any(arg.startswith("--config") for arg in argv[1:])
+    hint = ("every config field is listed in mxq_jax/config_lib.py" if uses_config
+            else "--help lists the flags")
+    sys.exit(f"mxq_jax: error: bad flag or config override ({message}); {hint}")
