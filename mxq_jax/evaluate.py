@@ -14,6 +14,9 @@ OUT/metrics.json (replaced on every run: it is derived from OUT) and to stdout:
   feature_fid         Fréchet distance between generated and test images in the classifier's
                       feature space (not FID: no Inception network is involved)
   novelty             captions that are not copies of a training caption
+  stage1_{image,caption}_{attr}_kept
+                      test pairs whose stage-1 reconstruction keeps the true attribute (read
+                      by the classifier, or the parser): the ceiling stage 1 sets on coherence
 """
 
 import json
@@ -85,6 +88,49 @@ def trained_classifier(config, workdir: str, mesh, splits):
   return classifier.make_reader(config, state), accuracy
 
 
+def stage1_reconstruction_agreement(config, workdir: str, mesh, splits, read) -> dict:
+  """How often stage 1's reconstruction of a test pair keeps each true attribute.
+
+  The classifier reads each reconstructed image, the parser each reconstructed caption (eval
+  mode, unmasked inputs, the latest stage-1 checkpoint). A ceiling for generated pairs: the
+  prior can only pick codes that stage 1 decodes.
+  """
+  import jax
+  import numpy as np
+  from flax import nnx
+  from mxq_jax import classifier, sampler, stage1, train_lib
+  from mxq_jax.data import caption_attributes, normalization
+  stage = stage1.make_stage(config)
+  state, _ = train_lib.restore_trained(stage, workdir, mesh)
+  model = train_lib.merge_model(train_lib.graphdef_of(stage), state)
+
+  @nnx.jit
+  def reconstruct(model, images_uint8, tokens):
+    codes = model.encode(normalization.normalize_images(images_uint8), tokens)
+    return sampler.decode_pairs(model, codes)
+
+  test, batch_size = splits.test, 250
+  images, tokens = [], []
+  for start in range(0, test.num_examples, batch_size):
+    chunk = slice(start, start + batch_size)
+    pad = batch_size - len(test.images[chunk])  # one compiled shape.
+    out = jax.device_get(reconstruct(
+        model, np.pad(test.images[chunk], [(0, pad), (0, 0), (0, 0), (0, 0)]),
+        np.pad(test.tokens[chunk], [(0, pad), (0, 0)])))
+    images.append(out[0][:batch_size - pad])
+    tokens.append(out[1][:batch_size - pad])
+  image_attributes, _ = read(np.concatenate(images))
+  parsed = [_label_ids(caption_attributes.parse_caption(c))
+            for c in splits.tokenizer.decode_batch(np.concatenate(tokens))]
+  result = {}
+  for name in classifier.ATTRIBUTES:
+    truth = test.labels[name]
+    result[f"stage1_image_{name}_kept"] = float(np.mean(image_attributes[name] == truth))
+    result[f"stage1_caption_{name}_kept"] = float(np.mean(
+        [p is not None and p[name] == t for p, t in zip(parsed, truth)]))
+  return result
+
+
 def evaluate_samples(config, workdir: str, samples_dir: str, mesh, splits) -> dict:
   """Every metric of the module docstring, also written to {samples_dir}/metrics.json."""
   import jax
@@ -110,6 +156,7 @@ def evaluate_samples(config, workdir: str, samples_dir: str, mesh, splits) -> di
       "feature_fid": pair_metrics.feature_frechet_distance(features, test_features),
       "novelty": pair_metrics.novelty(captions, list(splits.train.captions)),
       **{f"classifier_{k}": v for k, v in classifier_accuracy.items() if k.endswith("accuracy")},
+      **stage1_reconstruction_agreement(config, workdir, mesh, splits, read),
   }
   if jax.process_index() == 0:
     train_lib.write_json_atomically(os.path.join(samples_dir, "metrics.json"), metrics)

@@ -75,7 +75,7 @@ def test_main_evaluates_generated_pairs(trained_workdir):
   metrics = json.loads((samples / "metrics.json").read_text())
   assert metrics["pairs"] == 32
   for key in ("coherence", "caption_validity", "attribute_tvd", "novelty", "digit_agreement",
-              "classifier_digit_accuracy"):
+              "classifier_digit_accuracy", "stage1_image_digit_kept", "stage1_caption_size_kept"):
     assert 0.0 <= metrics[key] <= 1.0, key
   assert metrics["feature_fid"] >= 0.0 and 1 <= metrics["combinations"] <= 32
   assert sorted(os.listdir(workdir / "classifier" / "checkpoints")) == ["6"]
