@@ -1,8 +1,12 @@
 r"""MXQ-VAE on caption_digits, the offline synthetic Caption-MNIST (the default).
 
-Sized to train stage 1 on a 2-core CPU in about ten minutes. Arguments:
+Sized to train both stages and score 1,000 generated pairs on a 2-core CPU in about 18 minutes.
+Arguments:
 
   --config=configs/synthetic.py          32 px images, 24 tokens, a small model
+  --config=configs/synthetic.py:long     the default with stage 1 trained twice as long (10,000
+                                          steps: 24.5 dB; reconstructions keep the digit 85% of the
+                                          time instead of 77%); its stage 1 alone takes 14 min
   --config=configs/synthetic.py:paper    the reference sizes of the design card (64 px, 64 tokens,
                                           8x8 + 8 = 72 joint codes, 256 x 128 codebook)
   --config=configs/synthetic.py:smoke    a tiny model and a few steps (tests, install checks)
@@ -16,7 +20,7 @@ from mxq_jax import config_lib
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = config_lib.parse_variant(arg, allowed=("default", "paper", "smoke"))
+  variant = config_lib.parse_variant(arg, allowed=("default", "long", "paper", "smoke"))
   config = config_lib.base_config()
 
   config.data.name = "caption_digits"
@@ -59,7 +63,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   prior.optim.eval_every = 600
   prior.optim.checkpoint_every = 600
 
-  if variant == "paper":
+  if variant == "long":
+    vq.optim.num_steps = 10_000  # 5,000 steps stop while the image PSNR is still rising.
+    vq.optim.eval_every = 2_500
+  elif variant == "paper":
     config_lib.apply_paper_sizes(config)
   elif variant == "smoke":
     config_lib.apply_smoke_sizes(config)

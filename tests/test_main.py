@@ -210,7 +210,7 @@ def test_batch_size_must_split_over_the_devices():
 
 
 def test_unknown_config_argument():
-  with pytest.raises(config_lib.ConfigError, match="use one of default, paper, smoke"):
+  with pytest.raises(config_lib.ConfigError, match="use one of default, long, paper, smoke"):
     load_config("synthetic", "tiny")
 
 
