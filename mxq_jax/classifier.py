@@ -75,14 +75,7 @@ def make_reader(config: ml_collections.ConfigDict, state: train_lib.TrainState):
     return {name: jnp.argmax(value, -1) for name, value in logits.items()}, features
 
   def read_all(images_NxSxSx3: np.ndarray, batch_size: int = 256):
-    predictions, features = [], []
-    for start in range(0, len(images_NxSxSx3), batch_size):
-      chunk = images_NxSxSx3[start:start + batch_size]
-      pad = batch_size - len(chunk)  # one compiled shape for every chunk.
-      p, f = jax.device_get(read(model, np.pad(chunk, [(0, pad), (0, 0), (0, 0), (0, 0)])))
-      predictions.append({k: v[:len(chunk)] for k, v in p.items()})
-      features.append(f[:len(chunk)])
-    return ({name: np.concatenate([p[name] for p in predictions]) for name in ATTRIBUTES},
-            np.concatenate(features))
+    return train_lib.map_in_fixed_batches(lambda chunk: read(model, chunk), images_NxSxSx3,
+                                          batch_size=batch_size)
 
   return read_all

@@ -45,17 +45,22 @@ def _label_ids(parsed: dict | None) -> dict | None:
           "size": attrs.SIZE_NAMES.index(parsed["size"])}
 
 
-def read_samples(samples_dir: str):
-  """(uint8 images [n, S, S, 3], captions) of a `mxq_jax.sample` output directory."""
-  import numpy as np
-  from PIL import Image
+def samples_jsonl(samples_dir: str) -> str:
+  """The path of a `mxq_jax.sample` directory's samples.jsonl; ConfigError when it has none."""
   from mxq_jax import config_lib
   path = os.path.join(samples_dir, "samples.jsonl")
   if not os.path.isfile(path):
     raise config_lib.ConfigError(
         f"--samples={samples_dir} holds no samples.jsonl; write one with "
         "`python -m mxq_jax.sample --workdir=... --outdir=...`")
-  with open(path) as f:
+  return path
+
+
+def read_samples(samples_dir: str):
+  """(uint8 images [n, S, S, 3], captions) of a `mxq_jax.sample` output directory."""
+  import numpy as np
+  from PIL import Image
+  with open(samples_jsonl(samples_dir)) as f:
     records = [json.loads(line) for line in f]
   images = np.stack([np.asarray(Image.open(os.path.join(samples_dir, r["image"])).convert("RGB"))
                      for r in records])
@@ -95,7 +100,6 @@ def stage1_reconstruction_agreement(config, workdir: str, mesh, splits, read) ->
   mode, unmasked inputs, the latest stage-1 checkpoint). A ceiling for generated pairs: the
   prior can only pick codes that stage 1 decodes.
   """
-  import jax
   import numpy as np
   from flax import nnx
   from mxq_jax import classifier, sampler, stage1, train_lib
@@ -109,19 +113,12 @@ def stage1_reconstruction_agreement(config, workdir: str, mesh, splits, read) ->
     codes = model.encode(normalization.normalize_images(images_uint8), tokens)
     return sampler.decode_pairs(model, codes)
 
-  test, batch_size = splits.test, 250
-  images, tokens = [], []
-  for start in range(0, test.num_examples, batch_size):
-    chunk = slice(start, start + batch_size)
-    pad = batch_size - len(test.images[chunk])  # one compiled shape.
-    out = jax.device_get(reconstruct(
-        model, np.pad(test.images[chunk], [(0, pad), (0, 0), (0, 0), (0, 0)]),
-        np.pad(test.tokens[chunk], [(0, pad), (0, 0)])))
-    images.append(out[0][:batch_size - pad])
-    tokens.append(out[1][:batch_size - pad])
-  image_attributes, _ = read(np.concatenate(images))
+  test = splits.test
+  images, tokens = train_lib.map_in_fixed_batches(
+      lambda i, t: reconstruct(model, i, t), test.images, test.tokens, batch_size=250)
+  image_attributes, _ = read(images)
   parsed = [_label_ids(caption_attributes.parse_caption(c))
-            for c in splits.tokenizer.decode_batch(np.concatenate(tokens))]
+            for c in splits.tokenizer.decode_batch(tokens)]
   result = {}
   for name in classifier.ATTRIBUTES:
     truth = test.labels[name]
@@ -181,6 +178,7 @@ def main(argv):
       raise config_lib.ConfigError(
           f"the attribute metrics need caption_digits; this workdir trained on "
           f"{config.data.name!r}")
+    samples_jsonl(FLAGS.samples)  # its one-line error comes before any slow work.
     from mxq_jax.data import pipeline
     mesh = sharding.make_mesh(config.mesh)
     splits = pipeline.load_splits(config, FLAGS.workdir)

@@ -177,6 +177,22 @@ def evaluate(stage: Stage, eval_step, state: TrainState, batches: Iterator[Batch
   return stage.summarize_eval(jax.device_get(totals))
 
 
+def map_in_fixed_batches(fn: Callable, *arrays_N: np.ndarray, batch_size: int):
+  """fn over host arrays in zero-padded chunks of one shape (one compilation), outputs trimmed.
+
+  `fn(*chunks)` returns a pytree of arrays with the batch first; the result is that pytree
+  over all N rows, on the host.
+  """
+  n = len(arrays_N[0])
+  outputs = []
+  for start in range(0, n, batch_size):
+    chunks = [a[start:start + batch_size] for a in arrays_N]
+    real = len(chunks[0])
+    padded = [np.pad(c, [(0, batch_size - real)] + [(0, 0)] * (c.ndim - 1)) for c in chunks]
+    outputs.append(jax.tree.map(lambda x: x[:real], jax.device_get(fn(*padded))))
+  return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
+
+
 # -------------------------------------------------------------------------------- the loop
 
 

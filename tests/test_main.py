@@ -223,3 +223,11 @@ def test_workdir_config_reads_back_and_fills_new_fields(tmp_path):
   assert restored.prior.code_order == config_lib.base_config().prior.code_order
   assert restored.vqvae.image_channels == config.vqvae.image_channels  # a tuple again.
   assert restored.to_dict() == config.to_dict()
+
+
+def test_evaluate_refuses_a_directory_without_samples(trained_workdir, tmp_path):
+  result = run_module("mxq_jax.evaluate", f"--workdir={trained_workdir[0]}",
+                      f"--samples={tmp_path / 'none'}")
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  assert "holds no samples.jsonl" in last_line(result)
+  assert not (tmp_path / "none").exists()

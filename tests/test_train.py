@@ -146,3 +146,17 @@ def test_psnr_and_text_accuracy_on_known_cases():
   logits = jax.nn.one_hot(jnp.array([[2, 7, 9, 3, 5, 5]]), 10) * 50.0
   _, accuracy = stage1.text_loss_and_accuracy(logits, tokens)
   assert float(accuracy) == pytest.approx(0.75)  # pads are ignored; 3 of 4 real tokens.
+
+
+def test_map_in_fixed_batches_pads_to_one_shape_and_trims():
+  shapes = []
+
+  def fn(a, b):
+    shapes.append(a.shape)
+    return {"sum": a + b[:, 0]}, a * 2
+
+  a, b = np.arange(10), np.arange(20).reshape(10, 2)
+  out, doubled = train_lib.map_in_fixed_batches(fn, a, b, batch_size=4)
+  np.testing.assert_array_equal(out["sum"], a + b[:, 0])
+  np.testing.assert_array_equal(doubled, a * 2)
+  assert shapes == [(4,)] * 3  # the last chunk of 2 was padded to 4.
