@@ -57,6 +57,18 @@ def base_config() -> ml_collections.ConfigDict:
       text_length=64,  # tokens per caption, BOS and EOS included.
       vocab_size=128,  # SentencePiece vocabulary, the special pieces included.
       shuffle_buffer=20_000,  # examples; the in-memory datasets use their whole size if smaller.
+      # Real datasets (cub, flowers, coco): the folder holding the files as their publishers
+      # ship them (README, "Datasets"); "" means TFDS's own {data_dir}/downloads/manual.
+      manual_dir="",
+      split="official",  # cub, flowers: "official" image split or "class" (Reed et al.'s).
+      crop_to_bbox=False,  # cub: crop each image to its bird's bounding box.
+      coco_year=2014,  # coco: 2014 (train2014/val2014) or 2017 layout.
+      # Images with several captions: "random" draws one per image per epoch (an epoch is an
+      # epoch of images); "first" always takes the first.
+      caption_choice="random",
+      lowercase=True,  # lowercase captions before tokenizing (real datasets).
+      random_flip=False,  # flip training images left-right (never on datasets whose captions
+                          # name positions, like caption_digits).
   ))
 
   config.masking = ml_collections.ConfigDict(dict(
@@ -95,6 +107,13 @@ def base_config() -> ml_collections.ConfigDict:
       # "routing": the position mixers start by passing each modality's own positions through
       # (plus small noise) and learn the cross-modal mixing; "random": the reference's init.
       cross_mixer_init="routing",
+      # Ablations of the paper's design (configs/ablations.py): "transformer" fuses the two
+      # modalities before quantization, "none" quantizes each modality's features as encoded.
+      fusion="transformer",
+      codebooks="shared",  # "shared": one codebook for both modalities; "separate": one each.
+      # "joint": each decoder reads all N code positions (cross decoding); "own": only its
+      # own modality's positions.
+      decoder_inputs="joint",
       dtype="float32",  # compute dtype ("bfloat16" on accelerators); parameters stay float32.
   ))
   config.vqvae.optim = optim_config()
@@ -131,6 +150,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.evaluation = ml_collections.ConfigDict(dict(
       num_samples=1_000,  # pairs generated and scored by the evaluate stage.
       min_classifier_accuracy=0.99,  # held-out accuracy per attribute the classifier must reach.
+      # Real datasets: FID and CLIP score from local weight files (README, "Evaluation");
+      # "" skips the metric with a logged note.
+      inception_weights="",  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth.
+      clip_dir="",  # a local copy of huggingface.co/openai/clip-vit-base-patch32.
   ))
   # caption_digits' attributes are easy to see: 1,500 steps reached 0.998-1.0 held out, and the
   # loss had flattened long before.
@@ -294,6 +317,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     raise ConfigError(
         f"config.vqvae.cross_mixer_init='routing' needs config.vqvae.text_mix_hidden >= "
         f"{2 * text_positions(config)} (2 x the text positions); raise it or use 'random'")
+  for name, allowed in (("fusion", ("transformer", "none")), ("codebooks", ("shared", "separate")),
+                        ("decoder_inputs", ("joint", "own"))):
+    if vq[name] not in allowed:
+      raise ConfigError(f"config.vqvae.{name}={vq[name]!r}: use {' or '.join(map(repr, allowed))}")
+  if data.split not in ("official", "class"):
+    raise ConfigError(f"config.data.split={data.split!r}: use 'official' or 'class'")
+  if data.caption_choice not in ("random", "first"):
+    raise ConfigError(f"config.data.caption_choice={data.caption_choice!r}: use 'random' or 'first'")
   if vq.dtype not in ("float32", "bfloat16"):
     raise ConfigError(f"config.vqvae.dtype={vq.dtype!r}: use 'float32' or 'bfloat16'")
   validate_optim(vq.optim, "config.vqvae.optim", num_devices)
