@@ -247,9 +247,14 @@ def from_json_file(path: str) -> ml_collections.ConfigDict:
 # ------------------------------------------------------------------------------- derived sizes
 
 
+def image_downsampling(config: ml_collections.ConfigDict) -> int:
+  """Image side / code grid side: each of the len(image_channels) stride-2 convs halves it."""
+  return 2 ** len(config.vqvae.image_channels)
+
+
 def image_grid_size(config: ml_collections.ConfigDict) -> int:
-  """Side of the image code grid: three stride-2 convs divide the image side by 8."""
-  return config.data.image_size // 8
+  """Side of the image code grid (the reference: 64 px / 8 = 8)."""
+  return config.data.image_size // image_downsampling(config)
 
 
 def text_positions(config: ml_collections.ConfigDict) -> int:
@@ -278,10 +283,16 @@ def prior_code_order(config: ml_collections.ConfigDict):
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
   """Raises ConfigError (one line: field, value, fix) for a config that cannot train."""
   data, vq, masking = config.data, config.vqvae, config.masking
-  if data.image_size <= 0 or data.image_size % 8:
+  if not 1 <= len(vq.image_channels) <= 5:
     raise ConfigError(
-        f"config.data.image_size={data.image_size} must be a positive multiple of 8: the image "
-        "encoder halves it three times (try 32, 64 or 128)")
+        f"config.vqvae.image_channels={tuple(vq.image_channels)}: give 1 to 5 widths, one per "
+        "stride-2 conv (the reference has 3)")
+  scale = image_downsampling(config)
+  if data.image_size <= 0 or data.image_size % scale:
+    raise ConfigError(
+        f"config.data.image_size={data.image_size} must be a positive multiple of {scale}: the "
+        f"image encoder halves it {len(vq.image_channels)} times (len(config.vqvae."
+        "image_channels))")
   if data.image_size % masking.image_patch:
     raise ConfigError(
         f"config.masking.image_patch={masking.image_patch} must divide "

@@ -119,7 +119,7 @@ def train_stage1(config, workdir, mesh, splits: pipeline.DataSplits) -> dict[str
       stage, workdir=workdir, mesh=mesh, seed=config.seed,
       train_batches=lambda start: pipeline.train_batches(
           splits.train, batch_size, config.seed, start, batch_sharding,
-          shuffle_buffer=config.data.shuffle_buffer),
+          **pipeline.train_options(config.data)),
       eval_batches=lambda: pipeline.eval_batches(splits.test, batch_size, batch_sharding))
   return metrics
 
@@ -132,7 +132,7 @@ def train_stage2(config, workdir, mesh, splits, stage1_state, stage1_step: int,
   if config.prior.encode_on_the_fly:
     train_batches = lambda start: codes_lib.on_the_fly(config, mesh, stage1_state, (
         pipeline.train_batches(splits().train, batch_size, seed, start, batch_sharding,
-                               shuffle_buffer=config.data.shuffle_buffer)))
+                               **pipeline.train_options(config.data))))
     eval_batches = lambda: codes_lib.on_the_fly(config, mesh, stage1_state, (
         pipeline.eval_batches(splits().test, batch_size, batch_sharding)))
   else:

@@ -1,4 +1,7 @@
-"""The image CNNs: a VQ-VAE-2 style encoder (side / 8) and its mirror-image decoder. NHWC."""
+"""The image CNNs: a VQ-VAE-2 style encoder (side / 2^n) and its mirror-image decoder. NHWC.
+
+n = len(channels) stride-2 convs; the reference has three (64 px -> an 8x8 code grid).
+"""
 
 from collections.abc import Sequence
 
@@ -44,18 +47,16 @@ class ResidualStack(nnx.Module):
 
 
 class ImageEncoder(nnx.Module):
-  """Images [B, H, W, 3] -> feature grid [B, H/8, W/8, D]."""
+  """Images [B, H, W, 3] -> feature grid [B, H/s, W/s, D], s = 2^len(channels)."""
 
   def __init__(self, channels: Sequence[int], res_channels: int, num_res_blocks: int,
                out_dim: int, *, dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
-    c0, c1, c2 = channels
     conv = lambda cin, cout, k, **kw: layers.Conv(cin, cout, k, dtype=dtype, rngs=rngs, **kw)
     self.down = nnx.List([
-        conv(3, c0, (4, 4), strides=2, padding=_DOWN_PADDING),
-        conv(c0, c1, (4, 4), strides=2, padding=_DOWN_PADDING),
-        conv(c1, c2, (4, 4), strides=2, padding=_DOWN_PADDING),
+        conv(cin, cout, (4, 4), strides=2, padding=_DOWN_PADDING)
+        for cin, cout in zip((3, *channels[:-1]), channels)
     ])
-    self.conv_in = conv(c2, res_channels, (3, 3), padding="SAME")
+    self.conv_in = conv(channels[-1], res_channels, (3, 3), padding="SAME")
     self.res = ResidualStack(res_channels, num_res_blocks, dtype=dtype, rngs=rngs)
     self.conv_out = conv(res_channels, out_dim, (1, 1))
 
@@ -64,23 +65,25 @@ class ImageEncoder(nnx.Module):
     for layer in self.down:
       x = jax.nn.relu(layer(x))
     x = self.res(self.conv_in(x))
-    return self.conv_out(jax.nn.relu(x))  # [B, H/8, W/8, D]
+    return self.conv_out(jax.nn.relu(x))  # [B, H/s, W/s, D]
 
 
 class ImageDecoder(nnx.Module):
-  """Feature grid [B, h, w, D] -> images [B, 8h, 8w, 3], normalized pixel space (no activation)."""
+  """Feature grid [B, h, w, D] -> images [B, sh, sw, 3], normalized pixel space (no activation)."""
 
   def __init__(self, channels: Sequence[int], res_channels: int, num_res_blocks: int,
                in_dim: int, *, dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
-    c0, c1, _ = channels  # The encoder's c2 is the residual width here, as in the reference.
+    # Mirror of the encoder, whose last width is the residual width here (as in the
+    # reference): res -> c[-2] -> ... -> c[0] -> 3.
+    widths = (res_channels, *reversed(channels[:-1]), 3)
     self.conv_in = layers.Conv(in_dim, res_channels, (3, 3), padding="SAME", dtype=dtype, rngs=rngs)
     self.res = ResidualStack(res_channels, num_res_blocks, dtype=dtype, rngs=rngs)
     up = lambda cin, cout: layers.ConvTranspose(cin, cout, (4, 4), strides=2, padding=_UP_PADDING,
                                              dtype=dtype, rngs=rngs)
-    self.up = nnx.List([up(res_channels, c1), up(c1, c0), up(c0, 3)])
+    self.up = nnx.List([up(cin, cout) for cin, cout in zip(widths[:-1], widths[1:])])
 
   def __call__(self, z_BxhxwxD: jax.Array) -> jax.Array:
     x = jax.nn.relu(self.res(self.conv_in(z_BxhxwxD)))
-    x = jax.nn.relu(self.up[0](x))
-    x = jax.nn.relu(self.up[1](x))
-    return self.up[2](x)  # [B, 8h, 8w, 3]
+    for layer in self.up[:-1]:
+      x = jax.nn.relu(layer(x))
+    return self.up[-1](x)  # [B, sh, sw, 3]

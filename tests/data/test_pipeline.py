@@ -168,3 +168,45 @@ def test_eval_batches_cover_every_example_once(loaded, sharding):
   assert (tokens[12:] == tokenizer_lib.PAD_ID).all()
   images = np.concatenate([np.asarray(b["image"]) for b in batches])
   np.testing.assert_allclose(images[:12], pipeline.normalize_images(split.images), atol=1e-6)
+
+
+def _multi_caption_split(n, counts):
+  """Image i has counts[i] captions; caption c's tokens start with (i, c); image i is all i."""
+  tokens = np.zeros((n, max(counts), 6), np.int32)
+  for i, count in enumerate(counts):
+    tokens[i, :count, 0], tokens[i, :count, 1] = i, np.arange(count)
+  images = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, 8, 8, 3))
+  images = images.copy()
+  images[:, :, 0] = 255  # a marked left column shows a flip.
+  return pipeline.Split(
+      name="multi", images=images, tokens=tokens[:, 0],
+      captions=np.array([str(i) for i in range(n)], dtype=object), labels={}, num_global=n,
+      num_truncated=0, all_tokens=tokens, num_captions=np.array(counts, np.int32))
+
+
+def _pairs(batches, num):
+  """(image index, caption index, flipped) of each example of num batches."""
+  out = []
+  for _ in range(num):
+    batch = next(batches)
+    tokens, images = np.asarray(batch["tokens"]), np.asarray(batch["image"])
+    left_bright = images[:, :, 0].mean(axis=(1, 2)) > images[:, :, -1].mean(axis=(1, 2))
+    out += list(zip(tokens[:, 0].tolist(), tokens[:, 1].tolist(), (~left_bright).tolist()))
+  return out
+
+
+def test_train_batches_draw_a_caption_per_image_per_epoch_and_resume_exactly(sharding):
+  counts = [1, 2, 3, 10, 5, 10, 4, 7]
+  split = _multi_caption_split(8, counts)  # one epoch = one batch of 8 images.
+  make = lambda start: pipeline.train_batches(split, BATCH, 3, start, sharding, random_flip=True)
+  pairs = _pairs(make(0), 60)
+  for i, c, _ in pairs:
+    assert 0 <= c < counts[i]
+  per_image = {i: [c for j, c, _ in pairs if j == i] for i in range(8)}
+  assert all(len(cs) == 60 for cs in per_image.values())  # every image once per epoch.
+  assert set(per_image[0]) == {0} and set(per_image[1]) == {0, 1}
+  assert set(per_image[3]) == set(range(10))  # 60 draws of 10 captions: all appear.
+  assert 0.3 < np.mean([flipped for *_, flipped in pairs]) < 0.7
+  assert _pairs(make(17), 5) == pairs[17 * 8:22 * 8]  # resume: epoch 17 on, as a fresh stream.
+  first = _pairs(pipeline.train_batches(split, BATCH, 3, 0, sharding, random_caption=False), 5)
+  assert {c for _, c, _ in first} == {0} and not any(f for *_, f in first)
