@@ -8,7 +8,10 @@ Prints one JSON object with, on randomly initialized models of the configured si
   baseline (batch 1, no KV cache, a full forward over the prefix for every new code), with the
   ratio of the largest cached batch's pairs/s to the baseline's;
 - each program's model FLOPs from XLA's cost analysis and the achieved FLOP/s as a fraction of
-  this machine's dense matmul FLOP/s, measured in the same run; peak memory.
+  this machine's dense matmul FLOP/s, measured in the same run; peak memory;
+- with --parts=input (and --workdir for the tokenizer): the input pipeline on the configured
+  dataset, reading and preparing it if needed (that time too), then stage 1's training
+  stream in examples/s, to compare with the train step's examples/s.
 """
 
 import json
@@ -28,7 +31,10 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_
 flags.DEFINE_integer("steps", 20, "Timed steps after the warm-up step.")
 flags.DEFINE_list("sampler_batches", ["1", "64", "256"], "Batch sizes of the cached sampler.")
 flags.DEFINE_float("min_seconds", 2.0, "Each sampler measurement repeats calls for this long.")
-flags.DEFINE_list("parts", ["train", "sampler"], "What to measure: train steps, the sampler.")
+flags.DEFINE_list("parts", ["train", "sampler"],
+                  "What to measure: train (steps), sampler, input (the data pipeline).")
+flags.DEFINE_string("workdir", None, "--parts=input: where the tokenizer goes.")
+flags.DEFINE_integer("input_batches", 50, "--parts=input: timed training batches.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -171,6 +177,28 @@ def bench_samplers(config, mesh, peak_flops: float) -> dict:
   }
 
 
+def bench_input(config, mesh, workdir: str, num_batches: int) -> dict:
+  """Load (building and preparing if needed), then time stage 1's training stream."""
+  from mxq_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  splits = pipeline.load_splits(config, workdir)
+  load_seconds = time.perf_counter() - start
+  batch_size = config.vqvae.optim.batch_size
+  batches = pipeline.train_batches(splits.train, batch_size, config.seed, 0,
+                                   sharding.batch_sharding(mesh),
+                                   **pipeline.train_options(config.data))
+  jax.block_until_ready(next(batches))  # tf.data start-up and the first batch.
+  start = time.perf_counter()
+  for _ in range(num_batches):
+    batch = next(batches)
+  jax.block_until_ready(batch)
+  seconds = time.perf_counter() - start
+  return {"dataset": config.data.name, "image_size": config.data.image_size,
+          "train_images": splits.train.num_global, "load_s": round(load_seconds, 1),
+          "batch_size": batch_size,
+          "train_examples_per_s": round(num_batches * batch_size / seconds, 1)}
+
+
 def main(argv):
   del argv
   config = FLAGS.config
@@ -194,6 +222,10 @@ def main(argv):
         peak_flops)
   if "sampler" in FLAGS.parts:
     report.update(bench_samplers(config, mesh, peak_flops))
+  if "input" in FLAGS.parts:
+    if not FLAGS.workdir:
+      raise app.UsageError("--parts=input needs --workdir (the tokenizer is written there)")
+    report["input"] = bench_input(config, mesh, FLAGS.workdir, FLAGS.input_batches)
   report["peak_memory"] = peak_memory_bytes()
   json.dump(report, sys.stdout, indent=2)
   print()

@@ -1,0 +1,39 @@
+r"""MXQ-VAE on CUB-200-2011 birds with Reed et al.'s ten captions per image (paper sizes).
+
+128 px images, 80-token captions: a 16x16 image grid + 20 text positions = 276 joint codes,
+the reference networks and a 256 x 128 codebook. The data are the files as their publishers
+ship them, extracted side by side in one folder (README, "Datasets"):
+
+  DIR/CUB_200_2011/   images/, images.txt, train_test_split.txt, classes.txt, ...
+  DIR/cvpr2016_cub/   text_c10/<class>/<image>.txt, trainvalclasses.txt, testclasses.txt
+
+  python -m mxq_jax.main --config=configs/cub.py --config.data.manual_dir=DIR --workdir=W
+
+Arguments:
+  --config=configs/cub.py          the paper's sizes
+  --config=configs/cub.py:smoke    a tiny model at 16 px and a few steps (install checks, tests)
+
+Switches: --config.data.split=class (Reed's zero-shot class split instead of the official image
+split), --config.data.crop_to_bbox=True (crop each photo to its bird first).
+
+Batches are global and the mesh data-parallel. One GPU (80 GB): 128 pairs per step as set;
+TPU v5e-8 (8 chips, 16 GB each): the same 128 (16 a chip), mesh.data=-1, with
+--config.vqvae.dtype=bfloat16 --config.prior.dtype=bfloat16 and gs:// data and work dirs.
+These batch sizes are chosen for memory headroom at 276 codes, not yet measured on either.
+"""
+
+import ml_collections
+
+from mxq_jax import config_lib
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = config_lib.parse_variant(arg, allowed=("default", "smoke"))
+  config = config_lib.photo_dataset_config("cub", variant)
+  config.data.split = "official"  # 5,994 train / 5,794 test images; "class": 150 / 50 classes.
+  config.data.crop_to_bbox = False
+  if variant == "default":
+    config.data.vocab_size = 2_048  # unigram pieces over ~60k bird captions (~5k words).
+    config.vqvae.optim.batch_size = 128
+    config.prior.optim.batch_size = 128
+  return config
