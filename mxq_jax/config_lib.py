@@ -51,9 +51,11 @@ def base_config() -> ml_collections.ConfigDict:
       name="caption_digits",  # TFDS builder name (caption_digits is built offline).
       data_dir="",  # TFDS data directory; "" means TFDS's default (~/tensorflow_datasets).
       image_size=64,  # px, square.
-      num_train=60_000,  # caption_digits only: examples rendered for the train split.
-      num_test=10_000,  # caption_digits only: examples rendered for the test split.
-      dataset_seed=0,  # caption_digits only: seed of the renderer.
+      # caption_digits: examples rendered per split; caption_mnist: MNIST's first examples
+      # used (0, or more than MNIST has: all of them).
+      num_train=60_000,
+      num_test=10_000,
+      dataset_seed=0,  # caption_digits, caption_mnist: seed of each example's attributes.
       text_length=64,  # tokens per caption, BOS and EOS included.
       vocab_size=128,  # SentencePiece vocabulary, the special pieces included.
       shuffle_buffer=20_000,  # examples; the in-memory datasets use their whole size if smaller.
@@ -222,7 +224,7 @@ def photo_dataset_config(name: str, variant: str) -> ml_collections.ConfigDict:
   config.evaluation.num_samples = 1_000
   if variant == "smoke":
     apply_smoke_sizes(config)
-    config.data.vocab_size = 48  # what a few fixture captions can fill.
+    config.data.vocab_size = 32  # what a few dozen captions can fill.
   return config
 
 

@@ -155,10 +155,6 @@ def train_stage2(config, workdir, mesh, splits, stage1_state, stage1_step: int,
 def evaluate_samples(config, workdir: str, mesh, splits) -> dict[str, float]:
   """Generates config.evaluation.num_samples pairs (config.sampling) and scores them."""
   from mxq_jax import evaluate, sample
-  if config.data.name != "caption_digits":
-    logging.warning("evaluate: the attribute metrics need caption_digits, and this run trains "
-                    "on %s: skipped (FID and CLIP score are not built yet)", config.data.name)
-    return {}
   outdir = samples_dir(workdir)
   s = config.sampling
   batch_size = min(s.batch_size, config.evaluation.num_samples)

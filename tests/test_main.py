@@ -75,9 +75,16 @@ def test_main_evaluates_generated_pairs(trained_workdir):
   metrics = json.loads((samples / "metrics.json").read_text())
   assert metrics["pairs"] == 32
   for key in ("coherence", "caption_validity", "attribute_tvd", "novelty", "digit_agreement",
-              "classifier_digit_accuracy", "stage1_image_digit_kept", "stage1_caption_size_kept"):
+              "classifier_digit_accuracy", "stage1_image_digit_kept", "stage1_caption_size_kept",
+              "stage1_pair_kept", "from_caption_image_digit_kept",
+              "from_image_caption_color_kept", "stage1_test_token_accuracy"):
     assert 0.0 <= metrics[key] <= 1.0, key
+  assert metrics["stage1_pair_kept"] <= metrics["stage1_image_digit_kept"]
+  assert "from_caption_caption_digit_kept" not in metrics  # each condition scores one half.
+  assert metrics["stage1_test_psnr"] > 0
   assert metrics["feature_fid"] >= 0.0 and 1 <= metrics["combinations"] <= 32
+  events = list((workdir / "evaluate").glob("events.out.tfevents*"))
+  assert len(events) == 1 and b"generated/coherence" in events[0].read_bytes()
   assert sorted(os.listdir(workdir / "classifier" / "checkpoints")) == ["6"]
 
 

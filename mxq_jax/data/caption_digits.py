@@ -53,10 +53,14 @@ def _glyph_height_ratio() -> float:
   return float(np.mean(heights)) / 200
 
 
-def example_attributes(seed: int, split: str, index: int) -> dict:
-  """The attributes, caption and jitter of one example: a pure function of its key."""
-  rng = random.Random(f"caption_digits/{seed}/{split}/{index}")  # str seeds hash stably.
-  digit = rng.randrange(10)
+def sample_attributes(rng: random.Random, digit: int | None = None) -> dict:
+  """The attributes, caption and jitter of one example, drawn from `rng` in a fixed order.
+
+  digit: the example's digit where its source fixes it (Caption-MNIST: MNIST's label). A digit
+  is drawn either way, so every later draw is the same function of the rng's key.
+  """
+  drawn_digit = rng.randrange(10)
+  digit = drawn_digit if digit is None else int(digit)
   color = rng.choice(attrs.COLOR_NAMES)
   position = rng.choice(attrs.POSITION_NAMES)
   size = rng.choice(attrs.SIZE_NAMES)
@@ -70,17 +74,26 @@ def example_attributes(seed: int, split: str, index: int) -> dict:
               caption=caption, jitter=jitter)
 
 
-def render_digit(digit: int, color: str, position: str, size: str, image_size: int,
-                 scale: float = 1.0, rotation: float = 0.0,
-                 offset: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
-  """uint8 [image_size, image_size, 3]: the digit's ink, coloured, on black, fully inside."""
+def example_attributes(seed: int, split: str, index: int) -> dict:
+  """The attributes, caption and jitter of one example: a pure function of its key."""
+  # A str seed hashes stably (sha512), unlike hash() of a tuple across interpreter runs.
+  return sample_attributes(random.Random(f"caption_digits/{seed}/{split}/{index}"))
+
+
+def glyph_height(size: str, image_size: int, scale: float = 1.0) -> float:
+  """The digit's ink height in supersampled pixels: the size's fraction of the side, jittered."""
+  return attrs.SIZES[attrs.SIZE_NAMES.index(size)].scale * scale * image_size * _SUPERSAMPLE
+
+
+def place_and_tint(glyph: Image.Image, color: str, position: str, image_size: int,
+                   offset: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+  """uint8 [image_size, image_size, 3]: a supersampled ink glyph ("L") coloured on black.
+
+  The glyph's ink box is centred on the position's anchor plus `offset` (fractions of the side),
+  then moved inside the image if it sticks out; the canvas is box-filtered down to image_size
+  (antialiasing) and the ink, as alpha over black, scales the colour.
+  """
   side = image_size * _SUPERSAMPLE
-  target_height = attrs.SIZES[attrs.SIZE_NAMES.index(size)].scale * scale * side
-  font = _font(max(4, round(target_height / _glyph_height_ratio())))
-  left, top, right, bottom = font.getbbox(str(digit))
-  glyph = Image.new("L", (right - left + 4, bottom - top + 4))
-  ImageDraw.Draw(glyph).text((2 - left, 2 - top), str(digit), fill=255, font=font)
-  glyph = glyph.rotate(rotation, resample=Image.BILINEAR, expand=True)  # 4x: bilinear is enough.
   glyph = glyph.crop(glyph.getbbox())  # tight ink box, so the clamp below is exact.
   if max(glyph.size) > side:  # cannot happen with the sizes above; keep the digit whole anyway.
     glyph.thumbnail((side, side), Image.LANCZOS)
@@ -95,6 +108,38 @@ def render_digit(digit: int, color: str, position: str, size: str, image_size: i
   rgb = np.asarray(attrs.COLORS[attrs.COLOR_NAMES.index(color)].rgb, np.float32)
   ink = np.asarray(mask, np.float32)[..., None] / 255.0
   return np.round(ink * rgb).astype(np.uint8)
+
+
+def render_digit(digit: int, color: str, position: str, size: str, image_size: int,
+                 scale: float = 1.0, rotation: float = 0.0,
+                 offset: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+  """uint8 [image_size, image_size, 3]: the digit's ink, coloured, on black, fully inside."""
+  font = _font(max(4, round(glyph_height(size, image_size, scale) / _glyph_height_ratio())))
+  left, top, right, bottom = font.getbbox(str(digit))
+  glyph = Image.new("L", (right - left + 4, bottom - top + 4))
+  ImageDraw.Draw(glyph).text((2 - left, 2 - top), str(digit), fill=255, font=font)
+  glyph = glyph.rotate(rotation, resample=Image.BILINEAR, expand=True)  # 4x: bilinear is enough.
+  return place_and_tint(glyph, color, position, image_size, offset)
+
+
+def features(image_size: int) -> tfds.features.FeaturesDict:
+  """The features of a captioned-digit example; Caption-MNIST stores the same ones."""
+  return tfds.features.FeaturesDict({
+      "image": tfds.features.Image(shape=(image_size, image_size, 3)),
+      "caption": tfds.features.Text(),
+      "digit": tfds.features.ClassLabel(names=list(attrs.DIGIT_NAMES)),
+      "color": tfds.features.ClassLabel(names=list(attrs.COLOR_NAMES)),
+      "position": tfds.features.ClassLabel(names=list(attrs.POSITION_NAMES)),
+      "size": tfds.features.ClassLabel(names=list(attrs.SIZE_NAMES)),
+      "template": tfds.features.Scalar(dtype=np.int32),
+  })
+
+
+def encode_labels(example: dict) -> dict:
+  """The example with its attribute names replaced by their ClassLabel indices."""
+  return dict(example, color=attrs.COLOR_NAMES.index(example["color"]),
+              position=attrs.POSITION_NAMES.index(example["position"]),
+              size=attrs.SIZE_NAMES.index(example["size"]))
 
 
 def render_example(seed: int, split: str, index: int, image_size: int) -> dict:
@@ -129,20 +174,8 @@ class CaptionDigits(tfds.core.GeneratorBasedBuilder):
   code_path = epath.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    side = self.builder_config.image_size
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(side, side, 3)),
-            "caption": tfds.features.Text(),
-            "digit": tfds.features.ClassLabel(names=list(attrs.DIGIT_NAMES)),
-            "color": tfds.features.ClassLabel(names=list(attrs.COLOR_NAMES)),
-            "position": tfds.features.ClassLabel(names=list(attrs.POSITION_NAMES)),
-            "size": tfds.features.ClassLabel(names=list(attrs.SIZE_NAMES)),
-            "template": tfds.features.Scalar(dtype=np.int32),
-        }),
-    )
+    return tfds.core.DatasetInfo(builder=self, description=__doc__,
+                                 features=features(self.builder_config.image_size))
 
   def _split_generators(self, dl_manager):
     del dl_manager  # everything is rendered locally.
@@ -154,35 +187,40 @@ class CaptionDigits(tfds.core.GeneratorBasedBuilder):
     config = self.builder_config
     start = time.perf_counter()
     for index in range(num_examples):
-      example = render_example(config.seed, split, index, config.image_size)
-      example["color"] = attrs.COLOR_NAMES.index(example["color"])
-      example["position"] = attrs.POSITION_NAMES.index(example["position"])
-      example["size"] = attrs.SIZE_NAMES.index(example["size"])
-      yield index, example
+      yield index, encode_labels(render_example(config.seed, split, index, config.image_size))
       if (index + 1) % 5_000 == 0:
         logging.info("caption_digits %s: rendered %d/%d (%.0f images/s)", split, index + 1,
                      num_examples, (index + 1) / (time.perf_counter() - start))
 
 
-def config_from_data(data_config) -> CaptionDigitsConfig:
-  """The builder config that `config.data` asks for."""
-  config = CaptionDigitsConfig(image_size=data_config.image_size, num_train=data_config.num_train,
-                               num_test=data_config.num_test, seed=data_config.dataset_seed)
-  for registered in CaptionDigits.BUILDER_CONFIGS:
+def registered_config(builder_class, config: tfds.core.BuilderConfig) -> tfds.core.BuilderConfig:
+  """The registered config of the same name if there is one, else `config`."""
+  for registered in builder_class.BUILDER_CONFIGS:
     if registered.name == config.name:
       return registered  # TFDS refuses an equal copy of a registered config: it wants this one.
   return config
 
 
-def build_caption_digits(data_config) -> tfds.core.DatasetBuilder:
-  """The caption_digits builder of `config.data`, rendered and written first if missing."""
-  builder = tfds.builder("caption_digits", config=config_from_data(data_config),
-                         data_dir=data_config.data_dir or None)
+def prepare_builder(name: str, config: tfds.core.BuilderConfig,
+                    data_dir: str) -> tfds.core.DatasetBuilder:
+  """tfds.builder(name, config) in data_dir ("" = TFDS's default), rendered first if missing."""
+  builder = tfds.builder(name, config=config, data_dir=data_dir or None)
   if not builder.is_prepared():
     start = time.perf_counter()
-    logging.info("caption_digits: rendering %s into %s", builder.builder_config.name,
-                 builder.data_dir)
+    logging.info("%s: rendering %s into %s", name, builder.builder_config.name, builder.data_dir)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         compute_stats=tfds.download.ComputeStatsMode.SKIP))
-    logging.info("caption_digits: built in %.1f s", time.perf_counter() - start)
+    logging.info("%s: built in %.1f s", name, time.perf_counter() - start)
   return builder
+
+
+def config_from_data(data_config) -> CaptionDigitsConfig:
+  """The builder config that `config.data` asks for."""
+  return registered_config(CaptionDigits, CaptionDigitsConfig(
+      image_size=data_config.image_size, num_train=data_config.num_train,
+      num_test=data_config.num_test, seed=data_config.dataset_seed))
+
+
+def build_caption_digits(data_config) -> tfds.core.DatasetBuilder:
+  """The caption_digits builder of `config.data`, rendered and written first if missing."""
+  return prepare_builder("caption_digits", config_from_data(data_config), data_config.data_dir)

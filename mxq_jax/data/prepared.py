@@ -41,7 +41,7 @@ def log_build_report(builder: tfds.core.DatasetBuilder) -> None:
   if report is None:
     logging.warning("data %s: no build report at %s", builder.name, builder.data_dir)
   else:
-    manual_data.log_report(builder.name, report)
+    manual_data.BuildReport.from_dict(report).log()
 
 
 def resize_and_center_crop(image_HxWx3: tf.Tensor, size: int) -> tf.Tensor:

@@ -14,6 +14,8 @@ from absl import logging
 import numpy as np
 import sentencepiece as spm
 
+from mxq_jax.config_lib import ConfigError
+
 
 def _gfile():
   """tf.io.gfile (local paths and gs:// alike), imported on first use: the model code that
@@ -56,20 +58,20 @@ def train_tokenizer(captions: Iterable[str], vocab_size: int, path: str,
     message = str(e)
     if "Vocabulary size too high" in message:
       at_most = re.search(r"<= (\d+)", message)
-      raise ValueError(
+      raise ConfigError(
           f"config.data.vocab_size={vocab_size} is more pieces than the {len(captions)} train "
           f"captions can make; lower config.data.vocab_size"
           + (f" to at most {at_most.group(1)}" if at_most else "")) from None
     if "Vocabulary size is smaller than required_chars" in message:
       needed = re.search(r"(\d+) vs (\d+)", message)
-      raise ValueError(
+      raise ConfigError(
           f"config.data.vocab_size={vocab_size} cannot hold every character of the captions "
           f"plus the special pieces; raise config.data.vocab_size"
           + (f" to at least {needed.group(2)}" if needed else "")) from None
     raise
   processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
   if processor.get_piece_size() != vocab_size or processor.piece_to_id(MASK_PIECE) != MASK_ID:
-    raise ValueError(
+    raise ConfigError(
         f"trained {processor.get_piece_size()} pieces for config.data.vocab_size={vocab_size}; "
         "lower config.data.vocab_size")
   _write_atomically(path, model.getvalue())
@@ -143,7 +145,7 @@ def load_or_train(path: str, captions: Iterable[str], vocab_size: int,
     train_tokenizer(captions, vocab_size, path, required_chars)
   tokenizer = Tokenizer.load(path)
   if tokenizer.vocab_size != vocab_size:
-    raise ValueError(
+    raise ConfigError(
         f"the tokenizer at {path} has {tokenizer.vocab_size} pieces but config.data.vocab_size="
         f"{vocab_size}; use the same vocab_size or a fresh workdir")
   return tokenizer
