@@ -224,7 +224,7 @@ def photo_dataset_config(name: str, variant: str) -> ml_collections.ConfigDict:
   config.evaluation.num_samples = 1_000
   if variant == "smoke":
     apply_smoke_sizes(config)
-    config.data.vocab_size = 32  # what a few dozen captions can fill.
+    config.data.vocab_size = 48  # few enough pieces for a few dozen captions to fill.
   return config
 
 

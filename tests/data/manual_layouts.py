@@ -80,8 +80,14 @@ def in_train(spec: Spec, split: str) -> bool:
 
 def captions_of(dataset: str, spec: Spec) -> list[str]:
   """The captions the builder must keep: mixed case (never lowercased), file order."""
-  return [f"{dataset.upper()} image {spec.index}, Caption {k}: A Thing." for k in
-          range(spec.captions or 0)]
+  return [f"{dataset.upper()} image {spec.index}, Caption {k}: A "
+          f"{_ADJECTIVES[(spec.index + k) % 5]} {_NOUNS[(spec.index * 3 + k) % 5]}."
+          for k in range(spec.captions or 0)]
+
+
+# Varied words, so that a few dozen fixture captions fill a small SentencePiece vocabulary.
+_ADJECTIVES = ("small", "bright", "yellow", "quiet", "jumpy")
+_NOUNS = ("Thing", "bird with wings", "petal", "vase of flowers", "zebra")
 
 
 def _pixels(spec: Spec) -> np.ndarray:
