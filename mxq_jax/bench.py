@@ -25,6 +25,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mxq_jax import config_lib, sampler, sharding, stage1, stage2, train_lib
+from mxq_jax.models import codebooks
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -119,7 +120,8 @@ def bench_train_step(stage: train_lib.Stage, batch: dict, mesh, steps: int,
 
 def random_codes_batch(config, batch_size: int) -> dict:
   shape = (batch_size, config_lib.num_joint_codes(config))
-  return {"codes": jax.random.randint(jax.random.key(0), shape, 0, config.vqvae.codebook_size)}
+  vocabulary = codebooks.code_vocabulary_size(config)
+  return {"codes": jax.random.randint(jax.random.key(0), shape, 0, vocabulary)}
 
 
 def _time_calls(fn, min_seconds: float) -> float:

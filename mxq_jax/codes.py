@@ -25,6 +25,7 @@ from jax.experimental import multihost_utils
 
 from mxq_jax import checkpointing, config_lib, sharding, stage1, train_lib
 from mxq_jax.data import pipeline
+from mxq_jax.models import codebooks
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "test")
@@ -73,7 +74,7 @@ def encode_splits(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sha
   encode = make_encode_step(config, mesh)
   batch_sharding = sharding.batch_sharding(mesh)
   batch_size = config.vqvae.optim.batch_size
-  dtype = storage_dtype(config.vqvae.codebook_size)
+  dtype = storage_dtype(codebooks.code_vocabulary_size(config))
   start = time.perf_counter()
   for split in (splits.train, splits.test):
     rows = [local_rows(encode(state, batch))
@@ -87,7 +88,7 @@ def encode_splits(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sha
         "format": FORMAT_VERSION,
         "stage1_step": stage1_step,
         "stage1_signature": stage1.model_signature(config),
-        "num_codes": config.vqvae.codebook_size,
+        "num_codes": codebooks.code_vocabulary_size(config),
         "seq_len": config_lib.num_joint_codes(config),
         "examples": {split.name: split.num_global for split in (splits.train, splits.test)},
         "num_shards": jax.process_count(),

@@ -109,7 +109,7 @@ def base_config() -> ml_collections.ConfigDict:
       # "routing": the position mixers start by passing each modality's own positions through
       # (plus small noise) and learn the cross-modal mixing; "random": the reference's init.
       cross_mixer_init="routing",
-      # Ablations of the paper's design (configs/ablations.py): "transformer" fuses the two
+      # Ablations of the paper's design (mxq_jax/ablations.py): "transformer" fuses the two
       # modalities before quantization, "none" quantizes each modality's features as encoded.
       fusion="transformer",
       codebooks="shared",  # "shared": one codebook for both modalities; "separate": one each.

@@ -14,7 +14,7 @@ from flax import nnx
 
 from mxq_jax import masking, train_lib
 from mxq_jax.data import normalization, tokenizer as tokenizer_lib
-from mxq_jax.models import mxq_vae
+from mxq_jax.models import codebooks, mxq_vae
 
 NUM_PREVIEWS = 8  # test pairs shown as original / reconstruction in TensorBoard.
 
@@ -99,7 +99,8 @@ def eval_fn(config: ml_collections.ConfigDict, model: mxq_vae.MXQVAE, batch):
   real_BxL = (batch["tokens"] != tokenizer_lib.PAD_ID) * valid_B[:, None]
   correct_BxL = jnp.argmax(out.text_logits, axis=-1) == batch["tokens"]
   exact_B = jnp.all(correct_BxL | (batch["tokens"] == tokenizer_lib.PAD_ID), axis=1)
-  histogram_K = jnp.zeros(config.vqvae.codebook_size, jnp.float32).at[out.codes].add(
+  # Over the code vocabulary: K ids, or 2K with one codebook per modality.
+  histogram_K = jnp.zeros(codebooks.code_vocabulary_size(config), jnp.float32).at[out.codes].add(
       jnp.broadcast_to(valid_B[:, None], out.codes.shape))
   return {
       "examples": valid_B.sum(),

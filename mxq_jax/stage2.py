@@ -16,7 +16,7 @@ import optax
 from flax import nnx
 
 from mxq_jax import config_lib, stage1, train_lib
-from mxq_jax.models import prior as prior_lib
+from mxq_jax.models import codebooks, prior as prior_lib
 
 
 def model_signature(config: ml_collections.ConfigDict, stage1_step: int) -> dict:
@@ -27,7 +27,7 @@ def model_signature(config: ml_collections.ConfigDict, stage1_step: int) -> dict
   """
   fields = {k: v for k, v in config.prior.to_dict().items()
             if k not in ("optim", "encode_on_the_fly")}
-  return dict(fields, num_codes=config.vqvae.codebook_size,
+  return dict(fields, num_codes=codebooks.code_vocabulary_size(config),
               seq_len=config_lib.num_joint_codes(config), stage1_step=stage1_step,
               stage1=stage1.model_signature(config))
 
@@ -35,7 +35,8 @@ def model_signature(config: ml_collections.ConfigDict, stage1_step: int) -> dict
 def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> prior_lib.Prior:
   p = config.prior
   return prior_lib.Prior(
-      num_codes=config.vqvae.codebook_size, seq_len=config_lib.num_joint_codes(config),
+      num_codes=codebooks.code_vocabulary_size(config),
+      seq_len=config_lib.num_joint_codes(config),
       num_layers=p.num_layers, num_heads=p.num_heads, dim=p.dim, mlp_dim=p.mlp_dim,
       dropout=p.dropout, dtype=jnp.dtype(p.dtype), rngs=rngs)
 

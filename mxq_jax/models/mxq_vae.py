@@ -8,6 +8,16 @@ codes -> codebook vectors [B, N, D] -> image mixer (N -> g*g over positions) -> 
 
 Masking of the inputs happens in the train step (`mxq_jax.masking`): the model reconstructs
 whatever pair it is given, and the loss compares it with the unmasked originals.
+
+Ablations of the design (config.vqvae; the defaults are the paper's model):
+  fusion="none":          no FusionEncoder; each modality's encoder features are quantized as
+                          encoded, so an image code depends on the image alone (and a text code
+                          on the caption alone).
+  codebooks="separate":   one codebook per modality (`codebooks.ModalityQuantizers`; text ids
+                          offset by K, a vocabulary of 2K).
+  decoder_inputs="own":   the image mixer reads only the g*g image positions (g*g -> g*g) and
+                          the text mixer only the T text positions (T -> h -> T): no cross
+                          decoding.
 """
 
 import flax.struct
@@ -17,9 +27,10 @@ import ml_collections
 from flax import nnx
 
 from mxq_jax import config_lib
+from mxq_jax.models import codebooks
 from mxq_jax.models.fusion import FusionEncoder
 from mxq_jax.models.image_codec import ImageDecoder, ImageEncoder
-from mxq_jax.models.quantizer import Quantizer, QuantizerOutput
+from mxq_jax.models.quantizer import QuantizerOutput
 from mxq_jax.models.text_codec import TextDecoder, TextEncoder
 
 
@@ -90,46 +101,58 @@ class MXQVAE(nnx.Module):
     self.grid = config_lib.image_grid_size(config)
     self.num_image = self.grid**2
     self.num_text = config_lib.text_positions(config)
-    num_codes = self.num_image + self.num_text
+    self.own_decoder_inputs = vq.decoder_inputs == "own"
     image_sizes = (tuple(vq.image_channels), vq.res_channels, vq.num_res_blocks, dim)
     text_sizes = (config.data.vocab_size, vq.text_embed_dim, tuple(vq.text_channels),
                   vq.text_kernel, dim)
 
     self.image_encoder = ImageEncoder(*image_sizes, dtype=dtype, rngs=rngs)
     self.text_encoder = TextEncoder(*text_sizes, dtype=dtype, rngs=rngs)
+    # fusion="none": no Transformer; each modality is quantized as encoded.
+    fused = vq.fusion == "transformer"
     self.fusion = FusionEncoder(
         dim, vq.fusion_layers, vq.fusion_heads, vq.fusion_mlp_dim, vq.dropout,
         num_image=self.num_image, num_text=self.num_text,
-        position_embeddings=vq.position_embeddings, dtype=dtype, rngs=rngs)
-    self.quantizer = Quantizer(
-        vq.codebook_size, dim, update=vq.codebook_update, init=vq.codebook_init,
-        ema_decay=vq.ema_decay, dead_code_restart=vq.dead_code_restart,
-        dead_code_threshold=vq.dead_code_threshold, l2_normalize=vq.codebook_l2_normalize,
-        rngs=rngs)
+        position_embeddings=vq.position_embeddings, dtype=dtype, rngs=rngs) if fused else None
+    self.quantizer = codebooks.make_quantizer(config, self.num_image, rngs=rngs)
+    # Each mixer reads all N joint positions (cross decoding) or, decoder_inputs="own", only
+    # its own modality's; the routing init passes that modality's positions through.
+    num_positions, own = self.num_image + self.num_text, self.own_decoder_inputs
+    text_first = 0 if own else self.num_image
     routed = vq.cross_mixer_init == "routing"
-    self.image_mixer = PositionMixer((num_codes, self.num_image),
+    self.image_mixer = PositionMixer((self.num_image if own else num_positions, self.num_image),
                                      route_from=0 if routed else None, dtype=dtype, rngs=rngs)
-    self.text_mixer = PositionMixer((num_codes, vq.text_mix_hidden, self.num_text),
-                                    route_from=self.num_image if routed else None,
-                                    dtype=dtype, rngs=rngs)
+    self.text_mixer = PositionMixer(
+        (self.num_text if own else num_positions, vq.text_mix_hidden, self.num_text),
+        route_from=text_first if routed else None, dtype=dtype, rngs=rngs)
     self.image_decoder = ImageDecoder(*image_sizes, dtype=dtype, rngs=rngs)
     self.text_decoder = TextDecoder(*text_sizes, dtype=dtype, rngs=rngs)
 
+  @property
+  def num_codes(self) -> int:
+    """Ids the codes take: `codebooks.code_vocabulary_size` of the config (K or 2K)."""
+    return self.quantizer.num_codes
+
   def features(self, images_BxHxWx3: jax.Array, tokens_BxL: jax.Array, *, train: bool,
                rngs: nnx.Rngs | None = None) -> jax.Array:
-    """Fused, pre-quantization features z [B, N, D]."""
+    """Pre-quantization features z [B, N, D]: fused, or (fusion="none") as encoded."""
     zi_BxGxGxD = self.image_encoder(images_BxHxWx3)
     zi_BxIxD = zi_BxGxGxD.reshape(zi_BxGxGxD.shape[0], self.num_image, -1)
     zt_BxTxD = self.text_encoder(tokens_BxL)
     z_BxNxD = jnp.concatenate([zi_BxIxD, zt_BxTxD.astype(zi_BxIxD.dtype)], axis=1)
+    if self.fusion is None:
+      return z_BxNxD
     return self.fusion(z_BxNxD, train=train, rngs=rngs)
 
   def decode_vectors(self, zq_BxNxD: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Code vectors [B, N, D] -> (images [B, H, W, 3], text logits [B, L, V]), float32."""
-    zi_BxIxD = self.image_mixer(zq_BxNxD)
+    image_in, text_in = zq_BxNxD, zq_BxNxD
+    if self.own_decoder_inputs:
+      image_in, text_in = zq_BxNxD[:, :self.num_image], zq_BxNxD[:, self.num_image:]
+    zi_BxIxD = self.image_mixer(image_in)
     zi_BxGxGxD = zi_BxIxD.reshape(zi_BxIxD.shape[0], self.grid, self.grid, -1)
     images_BxHxWx3 = self.image_decoder(zi_BxGxGxD)
-    logits_BxLxV = self.text_decoder(self.text_mixer(zq_BxNxD))
+    logits_BxLxV = self.text_decoder(self.text_mixer(text_in))
     return images_BxHxWx3.astype(jnp.float32), logits_BxLxV.astype(jnp.float32)
 
   def __call__(self, images_BxHxWx3: jax.Array, tokens_BxL: jax.Array, *, train: bool,
