@@ -144,6 +144,10 @@ def base_config() -> ml_collections.ConfigDict:
       top_k=10,  # keep the k most likely codes (>= 1; codebook_size or more: no top-k).
       top_p=1.0,  # keep the smallest set of codes whose probability reaches p; 1.0: off.
       temperature=1.0,  # logits are divided by it (< 1 sharper, > 1 flatter).
+      # The image codes' own temperature; None: `temperature`. The caption's codes carry the
+      # pair's content (its diversity), the image's codes render it: a colder image is more
+      # faithful to its caption.
+      image_temperature=ml_collections.config_dict.placeholder(float),
       batch_size=256,  # pairs generated per compiled call.
   ))
 
@@ -381,7 +385,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   validate_optim(vq.optim, "config.vqvae.optim", num_devices)
   validate_prior(config, num_devices)
   validate_sampling(config.sampling.top_k, config.sampling.top_p, config.sampling.temperature,
-                    "config.sampling.")
+                    "config.sampling.", config.sampling.image_temperature)
   parse_stages(config.stages)
   if config.mesh.fsdp < 1:
     raise ConfigError(f"config.mesh.fsdp={config.mesh.fsdp} must be >= 1")
@@ -418,7 +422,8 @@ def validate_prior(config: ml_collections.ConfigDict, num_devices: int | None) -
   validate_optim(prior.optim, "config.prior.optim", num_devices)
 
 
-def validate_sampling(top_k: int, top_p: float, temperature: float, prefix: str = "--") -> None:
+def validate_sampling(top_k: int, top_p: float, temperature: float, prefix: str = "--",
+                      image_temperature: float | None = None) -> None:
   """Sampling settings; `prefix` names them as the user typed them (flags or config fields)."""
   if top_k < 1:
     raise ConfigError(f"{prefix}top_k={top_k} must be >= 1 (the codebook size or more: no top-k)")
@@ -426,6 +431,8 @@ def validate_sampling(top_k: int, top_p: float, temperature: float, prefix: str 
     raise ConfigError(f"{prefix}top_p={top_p} must be in (0, 1]; 1.0 turns top-p off")
   if not temperature > 0.0:
     raise ConfigError(f"{prefix}temperature={temperature} must be > 0")
+  if image_temperature is not None and not image_temperature > 0.0:
+    raise ConfigError(f"{prefix}image_temperature={image_temperature} must be > 0")
 
 
 STAGES = ("stage1", "encode", "stage2", "evaluate")

@@ -162,6 +162,7 @@ def evaluate_samples(config, workdir: str, mesh, splits) -> dict[str, float]:
   summary = sample.generate(workdir, outdir, num_samples=config.evaluation.num_samples,
                             batch_size=max(batch_size, jax.device_count()), seed=config.seed,
                             top_k=s.top_k, top_p=s.top_p, temperature=s.temperature,
+                            image_temperature=s.image_temperature,
                             overwrite=True)  # our own directory, incomplete (no metrics.json).
   multihost_utils.sync_global_devices("mxq_jax evaluate: samples written")
   logging.info("evaluate: generated %d pairs in %.1f s (%.1f pairs/s)", summary["pairs"],

@@ -1,13 +1,15 @@
 r"""Generates image-caption pairs from a trained workdir.
 
   python -m mxq_jax.sample --workdir=DIR --outdir=OUT --num_samples=1000 [--batch_size=256]
-      [--seed=0] [--top_k=10] [--top_p=1.0] [--temperature=1.0] [--overwrite]
+      [--seed=0] [--top_k=K] [--top_p=P] [--temperature=T] [--image_temperature=T] [--overwrite]
 
 Writes OUT/images/00000.png ..., OUT/samples.jsonl (one pair a line: id, caption, token ids,
 codes, seed and settings) and OUT/grid.png (the first pairs, each image over its caption).
 Everything is written to a sibling directory first and renamed into place at the end, and an
 existing non-empty OUT is refused unless --overwrite. The models, config and tokenizer come from
-the workdir; the sampling defaults are the reference's (top-k 10, top-p 1.0, temperature 1.0).
+the workdir. Sampling flags left unset take the workdir's config.sampling: the reference's
+settings (top-k 10, top-p 1.0, temperature 1.0) unless the config changes them;
+--image_temperature (unset there too: --temperature) applies to the image codes only.
 """
 
 import math
@@ -27,9 +29,12 @@ def define_flags() -> None:
   flags.DEFINE_integer("num_samples", 64, "Pairs to generate.")
   flags.DEFINE_integer("batch_size", 256, "Pairs per compiled call; a multiple of the devices.")
   flags.DEFINE_integer("seed", 0, "Seed: the same seed and settings give the same pairs.")
-  flags.DEFINE_integer("top_k", 10, "Sample from the k most likely codes (>= 1).")
-  flags.DEFINE_float("top_p", 1.0, "Sample from the smallest set of codes whose mass reaches p.")
-  flags.DEFINE_float("temperature", 1.0, "Divides the logits (> 0): < 1 sharper, > 1 flatter.")
+  # Sampling settings: unset, each takes the workdir's config.sampling value.
+  flags.DEFINE_integer("top_k", None, "Sample from the k most likely codes (>= 1).")
+  flags.DEFINE_float("top_p", None, "Sample from the smallest set of codes whose mass reaches p.")
+  flags.DEFINE_float("temperature", None, "Divides the logits (> 0): < 1 sharper, > 1 flatter.")
+  flags.DEFINE_float("image_temperature", None,
+                     "The image codes' temperature (> 0); unset in the config too: --temperature.")
   flags.DEFINE_integer("grid_size", 64, "Pairs shown in grid.png (the first ones).")
   flags.DEFINE_bool("overwrite", False, "Replace the contents of a non-empty --outdir.")
   flags.mark_flags_as_required(["workdir", "outdir"])
@@ -38,7 +43,6 @@ def define_flags() -> None:
 def check_flags() -> None:
   """One-line errors for settings that cannot work, before anything is loaded."""
   from mxq_jax import config_lib
-  config_lib.validate_sampling(FLAGS.top_k, FLAGS.top_p, FLAGS.temperature)
   for name in ("num_samples", "batch_size"):
     if FLAGS[name].value < 1:
       raise config_lib.ConfigError(f"--{name}={FLAGS[name].value} must be >= 1")
@@ -78,10 +82,23 @@ def restore_models(config, workdir: str, mesh):
           prior_step)
 
 
+def sampling_settings(config, **given) -> dict:
+  """top_k, top_p, temperature, image_temperature: the given ones, the config's for None."""
+  settings = {name: config.sampling[name] if given.get(name) is None else given[name]
+              for name in ("top_k", "top_p", "temperature", "image_temperature")}
+  if settings["image_temperature"] is None:
+    settings["image_temperature"] = settings["temperature"]
+  return settings
+
+
 def generate(workdir: str, outdir: str, *, num_samples: int, batch_size: int, seed: int,
-             top_k: int, top_p: float, temperature: float, overwrite: bool = False,
-             grid_size: int = 64) -> dict:
-  """Generates and writes the pairs; returns a summary (counts, seconds, pairs/s)."""
+             top_k: int | None = None, top_p: float | None = None,
+             temperature: float | None = None, image_temperature: float | None = None,
+             overwrite: bool = False, grid_size: int = 64) -> dict:
+  """Generates and writes the pairs; returns a summary (counts, seconds, pairs/s).
+
+  Sampling settings left None take the workdir's config.sampling values.
+  """
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -90,6 +107,9 @@ def generate(workdir: str, outdir: str, *, num_samples: int, batch_size: int, se
   from mxq_jax.data import tokenizer as tokenizer_lib
 
   config = config_lib.from_json_file(os.path.join(workdir, "config.json"))
+  settings = sampling_settings(config, top_k=top_k, top_p=top_p, temperature=temperature,
+                               image_temperature=image_temperature)
+  config_lib.validate_sampling(**settings)
   mesh = sharding.make_mesh(config.mesh)
   if batch_size % jax.device_count():
     raise config_lib.ConfigError(f"--batch_size={batch_size} must be divisible by the "
@@ -103,10 +123,11 @@ def generate(workdir: str, outdir: str, *, num_samples: int, batch_size: int, se
   logging.info("sampling from the prior of step %d over the stage-1 codes of step %d",
                prior_step, stage1_step)
 
-  sample_fn = sampler.make_sampler(config, mesh, batch_size=batch_size, top_k=top_k)
-  top_p_, temperature_ = jnp.float32(top_p), jnp.float32(temperature)
+  sample_fn = sampler.make_sampler(config, mesh, batch_size=batch_size, top_k=settings["top_k"])
+  traced = [jnp.float32(settings[name])
+            for name in ("top_p", "temperature", "image_temperature")]
   key = jax.random.key(seed)
-  settings = {"seed": seed, "top_k": top_k, "top_p": top_p, "temperature": temperature}
+  settings = {"seed": seed, **settings}
   num_batches = math.ceil(num_samples / batch_size)
 
   staging = sample_writer.open_staging_dir(outdir, overwrite) if writer_process else None
@@ -117,12 +138,11 @@ def generate(workdir: str, outdir: str, *, num_samples: int, batch_size: int, se
   start = time.perf_counter()
   first_batch_s = None
   # One batch in flight while the previous one is written out.
-  in_flight = sample_fn(prior_vars, vae_vars, jax.random.fold_in(key, 0), top_p_, temperature_)
+  in_flight = sample_fn(prior_vars, vae_vars, jax.random.fold_in(key, 0), *traced)
   for b in range(num_batches):
     out = in_flight
     if b + 1 < num_batches:
-      in_flight = sample_fn(prior_vars, vae_vars, jax.random.fold_in(key, b + 1), top_p_,
-                            temperature_)
+      in_flight = sample_fn(prior_vars, vae_vars, jax.random.fold_in(key, b + 1), *traced)
     out = {k: np.asarray(multihost_utils.process_allgather(v, tiled=True))
            for k, v in out.items()}
     if first_batch_s is None:
@@ -178,7 +198,8 @@ def main(argv):
     summary = generate(FLAGS.workdir, FLAGS.outdir, num_samples=FLAGS.num_samples,
                        batch_size=FLAGS.batch_size, seed=FLAGS.seed, top_k=FLAGS.top_k,
                        top_p=FLAGS.top_p, temperature=FLAGS.temperature,
-                       overwrite=FLAGS.overwrite, grid_size=FLAGS.grid_size)
+                       image_temperature=FLAGS.image_temperature, overwrite=FLAGS.overwrite,
+                       grid_size=FLAGS.grid_size)
   except (config_lib.ConfigError, sample_writer.OutdirError) as error:
     logging.flush()
     sys.exit(f"mxq_jax: error: {error}")

@@ -1,10 +1,12 @@
 """Generation: ancestral sampling of joint codes from the prior, decoded to pixels and tokens.
 
 `make_sampler` compiles ONE program from (prior variables, stage-1 variables, key, top_p,
-temperature) to codes, uint8 images and token ids: a `lax.scan` over the N code positions with
+temperature, image_temperature) to codes, uint8 images and token ids: a `lax.scan` over the N code positions with
 an explicit KV cache, then the codebook look-up and both cross decoders. The batch is sharded
 over the mesh's batch axes; top-k and the batch size fix shapes (static), everything else is
-traced, so a new key or a new top_p / temperature reuses the compiled program.
+traced, so a new key or a new top_p / temperature reuses the compiled program. The image
+codes may take their own temperature: a pair's content is mostly decided by its caption codes
+(text first), and a colder image keeps the picture faithful to them.
 
 `generate_codes_uncached` decodes the way the reference does (a full forward over the whole
 prefix for every new code, no cache); it is the bench's baseline and the cache's oracle.
@@ -35,11 +37,17 @@ def _position_key(key: jax.Array, position: jax.Array) -> jax.Array:
   return jax.random.fold_in(key, position)
 
 
+def _temperature_at(temperature, seq_len: int, position: jax.Array) -> jax.Array:
+  """A scalar temperature, or position's entry of a per-position one [N]."""
+  return jnp.broadcast_to(jnp.asarray(temperature, jnp.float32), (seq_len,))[position]
+
+
 def generate_codes(prior: prior_lib.Prior, key: jax.Array, batch_size: int, *, top_k: int,
                    top_p, temperature, constrain: Callable = lambda x: x,
                    unroll: bool = False) -> jax.Array:
   """int32 [B, N]: codes sampled one position at a time, each step reading the KV cache.
 
+  `temperature`: a scalar, or f32 [N], one per position of the prior's order.
   `constrain` places the batch-major carry on the mesh (a sharding constraint) or is identity.
   `unroll` writes out every position (for XLA's cost analysis, which counts a loop body once).
   """
@@ -49,8 +57,9 @@ def generate_codes(prior: prior_lib.Prior, key: jax.Array, batch_size: int, *, t
   def step(carry, position):
     token_B, cache = carry
     logits_BxK, cache = prior.decode_step(token_B, position, cache)
-    code_B = sampling.sample_codes(_position_key(key, position), logits_BxK, top_k=top_k,
-                                   top_p=top_p, temperature=temperature)
+    code_B = sampling.sample_codes(
+        _position_key(key, position), logits_BxK, top_k=top_k, top_p=top_p,
+        temperature=_temperature_at(temperature, prior.seq_len, position))
     return (code_B, cache), code_B
 
   _, codes_NxB = jax.lax.scan(step, (bos_B, cache), jnp.arange(prior.seq_len), unroll=unroll)
@@ -68,7 +77,8 @@ def generate_codes_uncached(prior: prior_lib.Prior, key: jax.Array, batch_size: 
     # Positions after `position` hold BOS placeholders; causal attention never reads them.
     logits_BxK = prior(tokens_BxT[:, :n], train=False)[:, position]
     code_B = sampling.sample_codes(_position_key(key, position), logits_BxK, top_k=top_k,
-                                   top_p=top_p, temperature=temperature)
+                                   top_p=top_p, temperature=_temperature_at(temperature, n,
+                                                                             position))
     return tokens_BxT.at[:, position + 1].set(code_B)
 
   return jax.lax.fori_loop(0, n, step, tokens_BxT, unroll=unroll)[:, 1:]
@@ -83,7 +93,8 @@ def decode_pairs(vae: mxq_vae.MXQVAE, codes_BxN: jax.Array) -> tuple[jax.Array, 
 
 def make_sampler(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
                  batch_size: int, top_k: int, cached: bool = True, unroll: bool = False):
-  """Jitted (prior vars, stage-1 vars, key, top_p, temperature) -> {'codes', 'images', 'tokens'}.
+  """Jitted (prior vars, stage-1 vars, key, top_p, temperature[, image_temperature]) ->
+  {'codes', 'images', 'tokens'}; image_temperature (default: temperature) for the image codes.
 
   The graph definitions come from the config; the variables are the restored states'
   (`variables_of`). Outputs are sharded over the batch. `cached=False`: the reference-style
@@ -100,9 +111,14 @@ def make_sampler(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
   generate = generate_codes if cached else generate_codes_uncached
   # The prior generates in its own order; the decoders read stage-1 order (image, then text).
   to_stage1_order = np.argsort(config_lib.prior_code_order(config))
+  # Which of the prior's positions hold image codes (stage-1 positions [0, g*g)).
+  is_image_N = config_lib.prior_code_order(config) < config_lib.image_grid_size(config) ** 2
 
-  def sample(prior_vars: Variables, vae_vars: Variables, key: jax.Array, top_p, temperature):
+  def sample(prior_vars: Variables, vae_vars: Variables, key: jax.Array, top_p, temperature,
+             image_temperature=None):
     prior = nnx.merge(prior_graphdef, *prior_vars)
+    if image_temperature is not None:
+      temperature = jnp.where(is_image_N, image_temperature, temperature)
     codes_BxN = generate(prior, key, batch_size, top_k=top_k, top_p=top_p,
                          temperature=temperature, constrain=constrain,
                          unroll=unroll)[:, to_stage1_order]

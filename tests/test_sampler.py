@@ -69,6 +69,20 @@ def test_top_k_one_is_greedy_and_ignores_the_key(setup):
   assert len({tuple(row) for row in np.asarray(a["codes"])}) == 1  # one greedy sequence.
 
 
+def test_image_temperature_applies_to_the_image_codes_only(setup):
+  config, mesh, prior_vars, vae_vars = setup
+  fn = sampler.make_sampler(config, mesh, batch_size=BATCH, top_k=1000)
+  num_image = config_lib.image_grid_size(config) ** 2  # stage-1 order: image codes first.
+  draw = lambda seed, *temperatures: np.asarray(fn(
+      prior_vars, vae_vars, jax.random.key(seed), 1.0, *map(jnp.float32, temperatures))["codes"])
+  cold_text = [draw(seed, 1e-4, 1.0) for seed in (1, 2)]  # text greedy, image sampled.
+  np.testing.assert_array_equal(cold_text[0][:, num_image:], cold_text[1][:, num_image:])
+  assert np.mean(cold_text[0][:, :num_image] != cold_text[1][:, :num_image]) > 0.3
+  cold_image = [draw(seed, 1.0, 1e-4) for seed in (1, 2)]  # text sampled, image greedy.
+  assert np.mean(cold_image[0][:, num_image:] != cold_image[1][:, num_image:]) > 0.3
+  np.testing.assert_array_equal(draw(3, 0.7, 0.7), draw(3, 0.7))  # equal: as if not given.
+
+
 def test_new_key_and_settings_reuse_the_compiled_program(setup):
   config, mesh, prior_vars, vae_vars = setup
   fn = sampler.make_sampler(config, mesh, batch_size=BATCH, top_k=10)
