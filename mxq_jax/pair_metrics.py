@@ -62,12 +62,16 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
                      sigma2: np.ndarray) -> float:
   """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), the Fréchet distance of two Gaussians.
 
-  Tr((S1 S2)^(1/2)) is the sum of the square roots of the eigenvalues of S1 S2, which are real
-  and non-negative for covariance matrices (rounding can leave tiny negative or imaginary
-  parts, dropped here).
+  Tr((S1 S2)^(1/2)) is the sum of the square roots of the eigenvalues of S1 S2, which equal
+  those of the symmetric A = S1^(1/2) S2 S1^(1/2): two symmetric eigendecompositions (eigh),
+  several times faster than a general one at 2048 dimensions. Rounding can leave tiny
+  negative eigenvalues; they are clipped to 0.
   """
-  eigenvalues = np.linalg.eigvals(np.asarray(sigma1, np.float64) @ np.asarray(sigma2, np.float64))
-  trace_sqrt = np.sqrt(np.clip(eigenvalues.real, 0.0, None)).sum()
+  sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+  w1, v1 = np.linalg.eigh(sigma1)
+  sqrt_sigma1 = (v1 * np.sqrt(np.clip(w1, 0.0, None))) @ v1.T
+  a = sqrt_sigma1 @ sigma2 @ sqrt_sigma1
+  trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((a + a.T) / 2), 0.0, None)).sum()
   diff = np.asarray(mu1, np.float64) - np.asarray(mu2, np.float64)
   return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt)
 
