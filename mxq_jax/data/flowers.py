@@ -186,39 +186,21 @@ def split_items(manual_dir: str, config: FlowersConfig) -> dict[str, list[manual
   return items
 
 
-class FlowersCaptions(tfds.core.GeneratorBasedBuilder,
+class FlowersCaptions(manual_data.CaptionedImagesBuilder,
                       skip_registration=manual_data.already_registered(NAME)):
   """Oxford-102 Flowers images with Reed et al.'s captions (name: flowers_captions)."""
 
   name = NAME
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First version."}
   BUILDER_CONFIGS = [FlowersConfig(split=split) for split in ("official", "class")]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       f"Download {SOURCE_URL}; extract them into one folder, so that it holds {LAYOUT_HINT}; "
       f"pass it with {manual_data.FLAG}.")
   code_path = epath.Path(__file__)  # see caption_digits: spares TFDS a resource look-up.
+  HOMEPAGE = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
+  NUM_CAPTIONS = NUM_CAPTIONS
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-            "captions": tfds.features.Sequence(tfds.features.Text()),
-            "label": tfds.features.ClassLabel(names=list(CLASS_NAMES)),
-            "name": tfds.features.Text(),
-        }),
-        homepage="https://www.robots.ox.ac.uk/~vgg/data/flowers/102/",
-    )
-
-  def _split_generators(self, dl_manager):
-    items = split_items(dl_manager.manual_dir, self.builder_config)
-    self.report = manual_data.BuildReport(NAME, self.builder_config.name)
-    return {split: self._generate_examples(split, items[split]) for split in items}
-
-  def _generate_examples(self, split: str, items: list[manual_data.Item]):
-    yield from manual_data.generate_examples(items, self.report, split, NUM_CAPTIONS)
+  label_feature = staticmethod(lambda: tfds.features.ClassLabel(names=list(CLASS_NAMES)))
+  split_items = staticmethod(split_items)
 
 
 def config_name(data_config) -> str:

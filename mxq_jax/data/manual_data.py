@@ -351,6 +351,45 @@ def config_named(builder_cls: type, name: str) -> tfds.core.BuilderConfig:
                    f"{', '.join(c.name for c in builder_cls.BUILDER_CONFIGS)}")
 
 
+class CaptionedImagesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """What the manual-download builders share: features, split generation, the build report.
+
+  A subclass names its dataset (`name`, `HOMEPAGE`, `NUM_CAPTIONS` expected per image), its
+  `label_feature()` and `split_items(manual_dir, builder_config)` -> {split: [Item]}.
+  """
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "First version."}
+  HOMEPAGE = ""
+  NUM_CAPTIONS = 10
+
+  # label_feature() -> the label's FeatureConnector;
+  # split_items(manual_dir, builder_config) -> {split: [Item]}.
+  label_feature: Callable[[], tfds.features.FeatureConnector]
+  split_items: Callable[..., dict[str, list[Item]]]
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=self.__doc__,
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+            "captions": tfds.features.Sequence(tfds.features.Text()),  # all, in file order.
+            "label": self.label_feature(),
+            "name": tfds.features.Text(),  # the image's path under the manual directory.
+        }),
+        homepage=self.HOMEPAGE,
+    )
+
+  def _split_generators(self, dl_manager):
+    items = self.split_items(dl_manager.manual_dir, self.builder_config)
+    self.report = BuildReport(self.name, self.builder_config.name)
+    return {split: self._generate_examples(split, items[split]) for split in items}
+
+  def _generate_examples(self, split: str, items: list[Item]):
+    yield from generate_examples(items, self.report, split, self.NUM_CAPTIONS)
+
+
 def build(builder_cls: type, config_name: str, data_config,
           check_layout: Callable[[str], None]) -> tfds.core.DatasetBuilder:
   """The prepared builder_cls/config_name under config.data.data_dir.
