@@ -118,3 +118,23 @@ def test_bfloat16_compute_float32_params():
       lambda s, i, t: nnx.merge(graphdef, s).features(i, t, train=False), state,
       spec((B, size, size, 3)), spec((B, length), jnp.int32))
   assert features.dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("channels,grid", [((8,), 16), ((8, 16), 8), ((8, 16, 16), 4),
+                                           ((8, 8, 16, 16), 2)])
+def test_image_codec_depth_follows_the_channel_list(channels, grid):
+  """len(image_channels) stride-2 convs: 32 px -> a 32 / 2^n grid, and the decoder back."""
+  config = synthetic("smoke")
+  config.data.image_size = 32
+  config.vqvae.image_channels = channels
+  config_lib.validate(config)
+  assert config_lib.image_grid_size(config) == grid
+  sizes = (channels, 16, 1, 24)
+  z = jax.eval_shape(lambda x: ImageEncoder(*sizes, rngs=nnx.Rngs(0))(x), spec((B, 32, 32, 3)))
+  assert z.shape == (B, grid, grid, 24)
+  assert jax.eval_shape(lambda z: ImageDecoder(*sizes, rngs=nnx.Rngs(0))(z), z).shape == (
+      B, 32, 32, 3)
+  config.data.image_size = 24  # not a multiple of 2^4 = 16.
+  if len(channels) == 4:
+    with pytest.raises(config_lib.ConfigError, match="multiple of 16"):
+      config_lib.validate(config)
