@@ -76,14 +76,26 @@ def check_directory(directory: str, signature: dict) -> None:
     manager.close()
 
 
+# Signature fields added after checkpoints were first written, with the value every older
+# checkpoint (which lacks the field) implicitly had: at that value they compare as absent.
+LATER_FIELDS = {"fusion": "transformer", "codebooks": "shared", "decoder_inputs": "joint"}
+
+
+def _canonical(signature: dict) -> dict:
+  """JSON's view (tuples become lists), without LATER_FIELDS at their implicit values."""
+  def strip(value):
+    if isinstance(value, dict):
+      return {k: strip(v) for k, v in value.items()
+              if not (k in LATER_FIELDS and LATER_FIELDS[k] == v)}
+    return value
+  return strip(json.loads(json.dumps(signature)))
+
+
 def check_compatible(saved_meta: dict | None, signature: dict, directory: str) -> None:
   """Refuses (ConfigError, one line) a checkpoint written for differently shaped state."""
   if saved_meta is None:
     return
-  saved = saved_meta.get("signature", {})
-  # JSON turns tuples into lists; compare through one canonical encoding.
-  canon = lambda d: {k: json.loads(json.dumps(v)) for k, v in d.items()}
-  saved, current = canon(saved), canon(signature)
+  saved, current = _canonical(saved_meta.get("signature", {})), _canonical(signature)
   diffs = [f"{key}: checkpoint {saved.get(key)!r} vs config {current.get(key)!r}"
            for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
   if diffs:

@@ -170,3 +170,15 @@ def test_variant_signatures_refuse_each_others_checkpoints():
   with pytest.raises(config_lib.ConfigError, match="decoder_inputs"):
     checkpointing.check_compatible({"signature": signatures["own_decoders"]},
                                    signatures["separate_no_fusion"], "dir")
+
+
+def test_checkpoints_older_than_the_switches_still_match_the_default_model():
+  """A signature without the later fields is the design's default model, nested ones too."""
+  current = stage1.model_signature(variant("mxq_vae"))
+  older = {k: v for k, v in current.items() if k not in checkpointing.LATER_FIELDS}
+  checkpointing.check_compatible({"signature": older}, current, "dir")
+  checkpointing.check_compatible({"signature": current}, older, "dir")
+  checkpointing.check_compatible({"signature": {"stage1": older}}, {"stage1": current}, "dir")
+  with pytest.raises(config_lib.ConfigError, match="fusion"):
+    checkpointing.check_compatible({"signature": older},
+                                   stage1.model_signature(variant("separate_no_fusion")), "dir")
