@@ -59,6 +59,9 @@ COLUMNS = (
     ("feature FID ↓", "feature_fid", 2),
     ("novelty ↑", "novelty", 3),
     ("stage-1 image digit kept ↑", "stage1_image_digit_kept", 3),
+    ("stage-1 pair kept ↑", "stage1_pair_kept", 3),
+    ("image from caption: digit ↑", "from_caption_image_digit_kept", 3),
+    ("caption from image: digit ↑", "from_image_caption_digit_kept", 3),
 )
 
 
