@@ -164,6 +164,23 @@ def ablation_table(results: Mapping[str, Mapping[int, Mapping[str, float] | None
 # ---------------------------------------------------------------------------------- the run
 
 
+def share_classifier(workdir: str, variant_dir: str, seed: int) -> None:
+  """One attribute classifier per seed for every variant: it depends on the data and the seed
+  only, so each variant would train the very same network (minutes each). The first variant's
+  is kept in DIR/classifier_seed_S and copied into each later variant's workdir."""
+  import shutil
+  import jax
+  shared, own = os.path.join(workdir, f"classifier_seed_{seed}"), os.path.join(variant_dir,
+                                                                              "classifier")
+  if jax.process_index() != 0:
+    return
+  if os.path.isdir(shared) and not os.path.exists(own):
+    shutil.copytree(shared, own)
+  elif os.path.isdir(own) and not os.path.exists(shared):
+    shutil.copytree(own, f"{shared}.tmp")
+    os.replace(f"{shared}.tmp", shared)
+
+
 def run_ablations(config: ml_collections.ConfigDict, workdir: str, names: Sequence[str],
                   seeds: Sequence[int], command: str) -> str:
   """Trains and evaluates every (variant, seed) still unfinished; writes and returns the table.
@@ -183,7 +200,9 @@ def run_ablations(config: ml_collections.ConfigDict, workdir: str, names: Sequen
       raise config_lib.ConfigError(f"variant {name}: {error}") from None
   for (name, seed), variant in configs.items():
     logging.info("ablations: %s, seed %d", name, seed)
+    share_classifier(workdir, run_dir(workdir, name, seed), seed)
     run.train_and_evaluate(variant, run_dir(workdir, name, seed))
+    share_classifier(workdir, run_dir(workdir, name, seed), seed)
   results = {name: {seed: read_metrics(run_dir(workdir, name, seed)) for seed in seeds}
              for name in names}
   table = ablation_table(results, command)

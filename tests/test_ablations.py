@@ -144,3 +144,16 @@ def test_command_reports_a_bad_variant_in_one_line(tmp_path):
       "mxq_jax: error: --variants=mxq_vae,bogus: unknown bogus; use some of "
       "mxq_vae,no_masking,separate_no_fusion,own_decoders")
   assert not os.listdir(tmp_path)
+
+
+def test_one_classifier_is_shared_by_the_variants_of_a_seed(tmp_path):
+  first, later = tmp_path / "mxq_vae" / "seed_0", tmp_path / "no_masking" / "seed_0"
+  ablations.share_classifier(str(tmp_path), str(first), 0)  # nothing to share yet.
+  assert not (tmp_path / "classifier_seed_0").exists()
+  (first / "classifier" / "checkpoints" / "1000").mkdir(parents=True)
+  (first / "classifier" / "eval_metrics.json").write_text("{}")
+  ablations.share_classifier(str(tmp_path), str(first), 0)  # after the first variant's run.
+  ablations.share_classifier(str(tmp_path), str(later), 0)  # before the next one's.
+  assert (later / "classifier" / "checkpoints" / "1000").is_dir()
+  assert (later / "classifier" / "eval_metrics.json").read_text() == "{}"
+  assert not (tmp_path / "classifier_seed_1").exists()
