@@ -62,7 +62,7 @@ def test_reference_module_shapes():
 
 @pytest.mark.parametrize("name, config, n_image, n_text", [
     ("reference", config_lib.base_config(), 64, 8),
-    ("synthetic", synthetic(), 16, 16),
+    ("synthetic", synthetic(), 64, 16),
     ("synthetic:paper", synthetic("paper"), 64, 8),
     ("synthetic:smoke", synthetic("smoke"), 4, 8),
     ("128px/68 tokens", variant(128, 68, 14, 128), 256, 16),
