@@ -43,6 +43,10 @@ def define_flags() -> None:
 def check_flags() -> None:
   """One-line errors for settings that cannot work, before anything is loaded."""
   from mxq_jax import config_lib
+  # The sampling flags given (the others come from the workdir's config, checked later).
+  neutral = {"top_k": 1, "top_p": 1.0, "temperature": 1.0, "image_temperature": None}
+  config_lib.validate_sampling(**{name: default if FLAGS[name].value is None
+                                  else FLAGS[name].value for name, default in neutral.items()})
   for name in ("num_samples", "batch_size"):
     if FLAGS[name].value < 1:
       raise config_lib.ConfigError(f"--{name}={FLAGS[name].value} must be >= 1")

@@ -153,6 +153,7 @@ def test_sample_writes_pairs_and_refuses_to_overwrite(trained_workdir, tmp_path)
     ("--top_p=0", "--top_p=0.0 must be in (0, 1]"),
     ("--top_p=1.5", "--top_p=1.5 must be in (0, 1]"),
     ("--temperature=0", "--temperature=0.0 must be > 0"),
+    ("--image_temperature=-1", "--image_temperature=-1.0 must be > 0"),
 ])
 def test_sample_refuses_bad_settings(tmp_path, flag, message):
   result = run_sample(f"--workdir={tmp_path}", f"--outdir={tmp_path / 'out'}", flag)
@@ -217,7 +218,7 @@ def test_batch_size_must_split_over_the_devices():
 
 
 def test_unknown_config_argument():
-  with pytest.raises(config_lib.ConfigError, match="use one of default, long, paper, smoke"):
+  with pytest.raises(config_lib.ConfigError, match="use one of default, paper, smoke"):
     load_config("synthetic", "tiny")
 
 
