@@ -396,8 +396,8 @@ def build(builder_cls: type, config_name: str, data_config,
 
   A prepared dataset is returned as it is (the manual files may be gone by then). Otherwise
   check_layout(manual_dir) runs first and raises LayoutError within milliseconds if files are
-  missing; then TFDS prepares the dataset, and the builder's report is logged and written to
-  {builder.data_dir}/build_report.json.
+  missing; then TFDS prepares the dataset, and the builder's report is written to
+  {builder.data_dir}/build_report.json (every training start logs it, once).
   """
   builder = builder_cls(config=config_named(builder_cls, config_name),
                         data_dir=data_config.data_dir or None)
@@ -413,8 +413,7 @@ def build(builder_cls: type, config_name: str, data_config,
   report = builder.report
   report.manual_dir = manual_dir
   report.seconds = round(time.perf_counter() - start, 2)
-  report.log()
-  report.write(report_path(builder))
+  report.write(report_path(builder))  # logged by whoever loads it (pipeline.load_splits).
   logging.info("%s: built in %.1f s; report at %s", builder.name, report.seconds,
                report_path(builder))
   return builder
