@@ -57,13 +57,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   prior.num_heads = 4
   prior.dim = 128
   prior.mlp_dim = 512
-  prior.dropout = 0.0  # 1,800 steps are under 6 epochs: no overfitting to fight yet.
+  prior.dropout = 0.0
   prior.optim.batch_size = 64
-  prior.optim.num_steps = 1_800
+  # Coherence is the prior's to win once stage 1 keeps the digits: 1,800 steps drew a wrong
+  # digit for 19% of captions (test NLL 1.071 nats/code), 3,600 for 11% (0.987).
+  prior.optim.num_steps = 6_000
   prior.optim.learning_rate = 2e-3
   prior.optim.warmup_steps = 100
-  prior.optim.eval_every = 600
-  prior.optim.checkpoint_every = 600
+  prior.optim.eval_every = 1_000
+  prior.optim.checkpoint_every = 1_000
+
+  # The caption's codes are drawn at temperature 1 (the pairs' diversity); the image's colder,
+  # so that the image renders what the caption says (coherence 0.856 -> 0.894 at 3,600 steps).
+  config.sampling.image_temperature = 0.5
 
   if variant == "paper":
     config_lib.apply_paper_sizes(config)
