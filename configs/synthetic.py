@@ -23,7 +23,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = config_lib.base_config()
 
   config.data.name = "caption_digits"
-  config.data.image_size = 32  # px, square; must be a multiple of 8 (3 stride-2 convs).
+  config.data.image_size = 32  # px, square; a multiple of 2 ** len(vqvae.image_channels).
   config.data.num_train = 20_000  # examples rendered for the train split.
   config.data.num_test = 2_000  # examples rendered for the test split.
   config.data.text_length = 24  # tokens per caption, BOS and EOS included.
