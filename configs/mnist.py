@@ -21,11 +21,17 @@ import ml_collections
 
 from mxq_jax import config_lib
 
+common = config_lib.load_beside(__file__, "common")  # configs/common.py: the size tables.
+
+# What each `:ARG` applies last; smoke keeps the dataset (256 + 64 examples at 16 px).
+VARIANTS = {"default": {}, "smoke": common.SMOKE_SIZES}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = config_lib.parse_variant(arg, allowed=("default", "smoke"))
+  variant = config_lib.parse_variant(arg, allowed=tuple(VARIANTS))
   config = config_lib.base_config()
-  config_lib.apply_paper_sizes(config)  # 64 px, 64 tokens, 72 codes, 256 x 128 codebook.
+  # 64 px, 64 tokens, 72 codes, 256 x 128 codebook (base_config's own sizes, stated here).
+  config_lib.apply_table(config, common.PAPER_SIZES)
 
   config.data.name = "caption_mnist"
   config.data.num_train = 0  # MNIST train examples used; 0 (or more than 60,000): all.
@@ -43,7 +49,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (font digits needed 1,000 steps) before its 0.99 held-out accuracy per attribute is checked.
   config.evaluation.classifier_optim.num_steps = 4_000
 
-  if variant == "smoke":
-    config_lib.apply_smoke_sizes(config)
-    config.data.name = "caption_mnist"  # the same dataset, 256 + 64 examples at 16 px.
+  config_lib.apply_table(config, VARIANTS[variant])
   return config

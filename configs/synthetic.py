@@ -17,9 +17,14 @@ import ml_collections
 
 from mxq_jax import config_lib
 
+common = config_lib.load_beside(__file__, "common")  # configs/common.py: the size tables.
+
+# What each `:ARG` applies last, over this file's own sizes.
+VARIANTS = {"default": {}, "paper": common.PAPER_SIZES, "smoke": common.SMOKE_SIZES}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = config_lib.parse_variant(arg, allowed=("default", "paper", "smoke"))
+  variant = config_lib.parse_variant(arg, allowed=tuple(VARIANTS))
   config = config_lib.base_config()
 
   config.data.name = "caption_digits"
@@ -72,8 +77,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # so that the image renders what the caption says (coherence 0.906 -> 0.938 at 6,000 steps).
   config.sampling.image_temperature = 0.5
 
-  if variant == "paper":
-    config_lib.apply_paper_sizes(config)
-  elif variant == "smoke":
-    config_lib.apply_smoke_sizes(config)
+  config_lib.apply_table(config, VARIANTS[variant])
   return config

@@ -1,31 +1,17 @@
 r"""Throughput of training and generation: `python -m mxq_jax.bench --config=configs/synthetic.py`.
 
-Prints one JSON object with, on randomly initialized models of the configured sizes:
-- for each stage's jitted, sharded train step, on random batches of the configured shapes (the
-  input pipeline is measured separately): compile time, steady-state steps/s and examples/s;
-- for the sampler (codes, then pixels and tokens, one compiled program), at each
-  --sampler_batches size: compile time and pairs/s; and the same for the reference-style
-  baseline (batch 1, no KV cache, a full forward over the prefix for every new code), with the
-  ratio of the largest cached batch's pairs/s to the baseline's;
-- each program's model FLOPs from XLA's cost analysis and the achieved FLOP/s as a fraction of
-  this machine's dense matmul FLOP/s, measured in the same run; peak memory;
-- with --parts=input (and --workdir for the tokenizer): the input pipeline on the configured
-  dataset, reading and preparing it if needed (that time too), then stage 1's training
-  stream in examples/s, to compare with the train step's examples/s.
+Prints one JSON object (`mxq_jax/bench_lib.py` says what it holds): the train steps of both
+stages, the sampler at each --sampler_batches size beside the reference-style baseline, and with
+--parts=input the input pipeline.
 """
 
 import json
-import resource
 import sys
-import time
 
-import jax
-import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from mxq_jax import config_lib, sampler, sharding, stage1, stage2, train_lib
-from mxq_jax.models import codebooks
+from mxq_jax import cli
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -39,199 +25,20 @@ flags.DEFINE_integer("input_batches", 50, "--parts=input: timed training batches
 flags.mark_flags_as_required(["config"])
 
 
-def matmul_flops_per_sec(dtype: str, repeats: int = 10) -> float:
-  """Dense matmul FLOP/s of the default device in the model's compute dtype: the yardstick."""
-  n = 2048 if jax.default_backend() == "cpu" else 8192
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.dtype(dtype))
-  matmul = jax.jit(lambda x: x @ x)
-  matmul(a).block_until_ready()
-  start = time.perf_counter()
-  for _ in range(repeats):
-    out = matmul(a)
-  out.block_until_ready()
-  return 2 * n**3 * repeats / (time.perf_counter() - start)
-
-
-def _flops(analysis) -> float | None:
-  if isinstance(analysis, (list, tuple)):  # older jax returns one dict per device program.
-    analysis = analysis[0] if analysis else None
-  return float(analysis["flops"]) if analysis and analysis.get("flops") else None
-
-
-def cost_flops(step_fn, *args) -> float | None:
-  """FLOPs of one step from XLA's cost analysis of the unoptimized HLO: backend-independent.
-
-  Where the backend offers no such analysis (GPU), the same program is lowered for the CPU,
-  whose analysis counts every convolution (a GPU compilation's cuDNN calls would count zero).
-  """
-  flops = _flops(step_fn.lower(*args).cost_analysis())
-  if flops is None:
-    try:
-      flops = _flops(step_fn.trace(*args).lower(lowering_platforms=("cpu",)).cost_analysis())
-    except Exception as error:  # an unusual backend: report no FLOPs rather than fail.
-      print(f"bench: no FLOP count ({type(error).__name__}: {error})", file=sys.stderr)
-  if flops is None:
-    print("bench: XLA gave no FLOP count on this backend; run the bench on CPU for the "
-          "(backend-independent) step FLOPs", file=sys.stderr)
-  return flops
-
-
-def peak_memory_bytes() -> dict[str, int]:
-  stats = jax.devices()[0].memory_stats() or {}
-  peak = {"host_max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
-  if "peak_bytes_in_use" in stats:
-    peak["device_peak_bytes_in_use"] = int(stats["peak_bytes_in_use"])
-  return peak
-
-
-def bench_train_step(stage: train_lib.Stage, batch: dict, mesh, steps: int,
-                     peak_flops: float) -> dict:
-  _, shardings = train_lib.abstract_state(stage, mesh)
-  state = train_lib.init_state(stage, 0, shardings)
-  step_fn = train_lib.make_train_step(stage, mesh, shardings)
-  batch = jax.device_put(batch, sharding.batch_sharding(mesh))
-  key = jax.random.key(0)
-
-  start = time.perf_counter()
-  compiled = step_fn.lower(state, batch, key).compile()
-  compile_s = time.perf_counter() - start
-  flops = cost_flops(step_fn, state, batch, key)
-
-  state, metrics = compiled(state, batch, key)  # warm-up (first-run allocations).
-  jax.block_until_ready(metrics)
-  start = time.perf_counter()
-  for _ in range(steps):
-    state, metrics = compiled(state, batch, key)
-  jax.block_until_ready(metrics)
-  seconds = (time.perf_counter() - start) / steps
-  batch_size = stage.optim.batch_size
-  result = {
-      "compile_s": round(compile_s, 2),
-      "steps_per_s": round(1.0 / seconds, 3),
-      "examples_per_s": round(batch_size / seconds, 1),
-      "batch_size": batch_size,
-      "params": int(sum(x.size for x in jax.tree.leaves(state.params))),
-  }
-  if flops:
-    result["step_gflops"] = round(flops / 1e9, 2)
-    result["achieved_flops_fraction_of_matmul"] = round(flops / seconds / peak_flops, 4)
-  return result
-
-
-def random_codes_batch(config, batch_size: int) -> dict:
-  shape = (batch_size, config_lib.num_joint_codes(config))
-  vocabulary = codebooks.code_vocabulary_size(config)
-  return {"codes": jax.random.randint(jax.random.key(0), shape, 0, vocabulary)}
-
-
-def _time_calls(fn, min_seconds: float) -> float:
-  """Seconds per call of fn() (blocking), over at least two calls and min_seconds."""
-  calls, start = 0, time.perf_counter()
-  while calls < 2 or time.perf_counter() - start < min_seconds:
-    jax.block_until_ready(fn(calls))
-    calls += 1
-  return (time.perf_counter() - start) / calls
-
-
-def bench_sampler(config, mesh, variables, batch_size: int, *, cached: bool, top_k: int,
-                  peak_flops: float, min_seconds: float) -> dict:
-  """Pairs/s of one sampler program (codes + decoding), steady state, new key each call."""
-  make = lambda unroll: sampler.make_sampler(config, mesh, batch_size=batch_size, top_k=top_k,
-                                              cached=cached, unroll=unroll)
-  sample_fn, key = make(False), jax.random.key(0)
-  args = (*variables, key, 1.0, 1.0)
-  start = time.perf_counter()
-  compiled = sample_fn.lower(*args).compile()
-  compile_s = time.perf_counter() - start
-  # XLA counts a loop body once: the FLOPs come from the unrolled program (lowered only).
-  flops = cost_flops(make(True), *args)
-  jax.block_until_ready(compiled(*args))  # warm-up.
-  seconds = _time_calls(
-      lambda i: compiled(*variables, jax.random.fold_in(key, i), 1.0, 1.0), min_seconds)
-  result = {"batch_size": batch_size, "kv_cache": cached, "compile_s": round(compile_s, 2),
-            "pairs_per_s": round(batch_size / seconds, 2)}
-  if flops:
-    result["gflops_per_call"] = round(flops / 1e9, 3)
-    result["achieved_flops_fraction_of_matmul"] = round(flops / seconds / peak_flops, 4)
-  return result
-
-
-def bench_samplers(config, mesh, peak_flops: float) -> dict:
-  """The cached sampler at each --sampler_batches size, and the reference-style baseline."""
-  variables = []
-  for stage in (stage2.make_stage(config, stage1_step=0), stage1.make_stage(config)):
-    _, shardings = train_lib.abstract_state(stage, mesh)
-    variables.append(sampler.variables_of(train_lib.init_state(stage, 0, shardings)))
-  common = dict(top_k=config.sampling.top_k, peak_flops=peak_flops,
-                min_seconds=FLAGS.min_seconds)
-  one_device = (sharding.make_mesh(config.mesh, jax.devices()[:1]),
-                jax.device_put(variables, jax.devices()[0]))
-  # A batch that the devices do not divide (batch 1 on 8 chips) runs on one device.
-  on = lambda b: (mesh, variables) if b % jax.device_count() == 0 else one_device
-  samplers = [bench_sampler(config, *on(int(b)), int(b), cached=True, **common)
-              for b in FLAGS.sampler_batches]
-  baseline = bench_sampler(config, *one_device, 1, cached=False, **common)
-  return {
-      "sampler": samplers,
-      "sampler_reference_style_baseline": baseline,
-      "sampler_speedup_vs_baseline": round(samplers[-1]["pairs_per_s"]
-                                           / baseline["pairs_per_s"], 1),
-  }
-
-
-def bench_input(config, mesh, workdir: str, num_batches: int) -> dict:
-  """Load (building and preparing if needed), then time stage 1's training stream."""
-  from mxq_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  start = time.perf_counter()
-  splits = pipeline.load_splits(config, workdir)
-  load_seconds = time.perf_counter() - start
-  batch_size = config.vqvae.optim.batch_size
-  batches = pipeline.train_batches(splits.train, batch_size, config.seed, 0,
-                                   sharding.batch_sharding(mesh),
-                                   **pipeline.train_options(config.data))
-  jax.block_until_ready(next(batches))  # tf.data start-up and the first batch.
-  start = time.perf_counter()
-  for _ in range(num_batches):
-    batch = next(batches)
-  jax.block_until_ready(batch)
-  seconds = time.perf_counter() - start
-  return {"dataset": config.data.name, "image_size": config.data.image_size,
-          "train_images": splits.train.num_global, "load_s": round(load_seconds, 1),
-          "batch_size": batch_size,
-          "train_examples_per_s": round(num_batches * batch_size / seconds, 1)}
+def benchmark() -> dict:
+  from mxq_jax import bench_lib
+  return bench_lib.run_benchmarks(
+      FLAGS.config, parts=FLAGS.parts, steps=FLAGS.steps,
+      sampler_batches=[int(b) for b in FLAGS.sampler_batches], min_seconds=FLAGS.min_seconds,
+      workdir=FLAGS.workdir, input_batches=FLAGS.input_batches)
 
 
 def main(argv):
-  del argv
-  config = FLAGS.config
-  config_lib.validate(config, jax.device_count())
-  mesh = sharding.make_mesh(config.mesh)
-  peak_flops = matmul_flops_per_sec(config.vqvae.dtype)
-  report = {
-      "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-      "backend": jax.default_backend(),
-      "jax": jax.__version__,
-      "compute_dtype": config.vqvae.dtype,
-      "matmul_gflops_per_s": round(peak_flops / 1e9, 1),
-  }
-  if "train" in FLAGS.parts:
-    report["stage1_train_step"] = bench_train_step(
-        stage1.make_stage(config), stage1.random_batch(config, config.vqvae.optim.batch_size),
-        mesh, FLAGS.steps, peak_flops)
-    report["stage2_train_step"] = bench_train_step(
-        stage2.make_stage(config, stage1_step=0),
-        random_codes_batch(config, config.prior.optim.batch_size), mesh, FLAGS.steps,
-        peak_flops)
-  if "sampler" in FLAGS.parts:
-    report.update(bench_samplers(config, mesh, peak_flops))
-  if "input" in FLAGS.parts:
-    if not FLAGS.workdir:
-      raise app.UsageError("--parts=input needs --workdir (the tokenizer is written there)")
-    report["input"] = bench_input(config, mesh, FLAGS.workdir, FLAGS.input_batches)
-  report["peak_memory"] = peak_memory_bytes()
-  json.dump(report, sys.stdout, indent=2)
+  cli.check_no_arguments(argv)
+  cli.start()
+  json.dump(cli.run(benchmark), sys.stdout, indent=2)
   print()
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

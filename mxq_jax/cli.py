@@ -1,11 +1,15 @@
-"""What every command-line entry point shares: log filtering, multi-process start-up, and
-flag errors as one line."""
+"""What every command-line entry point shares: start-up (log filtering, TensorFlow kept off the
+accelerators, multi-process initialization), flag errors as one line, and the commands' own
+errors (a bad config, workdir or outdir) as one line and a non-zero exit."""
 
 import logging as std_logging
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
-from absl import flags
+from absl import app, flags
+from absl import logging as absl_logging
 
 FLAGS = flags.FLAGS
 
@@ -32,6 +36,42 @@ def initialize_distributed() -> None:
   if multi_host_tpu or os.environ.get("JAX_COORDINATOR_ADDRESS") or (
       int(os.environ.get("SLURM_NTASKS", "1")) > 1):
     jax.distributed.initialize()
+
+
+def hide_accelerators_from_tensorflow() -> None:
+  """tf.data and TFDS run on the host: TensorFlow must not take GPU or TPU memory JAX needs."""
+  import tensorflow as tf
+  for kind in ("GPU", "TPU"):
+    try:
+      tf.config.set_visible_devices([], kind)
+    except RuntimeError:  # TF already initialized its devices: too late to change, harmless.
+      pass
+
+
+def start() -> None:
+  """Once, before a command's work: quiet logs, TensorFlow off the accelerators, and
+  `jax.distributed` where the run is multi-process."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  absl_logging.get_absl_handler().addFilter(OwnInfoOnly())
+  hide_accelerators_from_tensorflow()
+  initialize_distributed()
+
+
+def run(command: Callable[[], Any]) -> Any:
+  """`command()`, with the errors a user can fix (a bad config, workdir or outdir) as one
+  line and exit status 1."""
+  from mxq_jax import config_lib
+  from mxq_jax.generation import writer
+  try:
+    return command()
+  except (config_lib.ConfigError, writer.OutdirError) as error:
+    absl_logging.flush()
+    sys.exit(f"mxq_jax: error: {error}")
+
+
+def check_no_arguments(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
 
 
 def _one_line(error: Exception) -> str:

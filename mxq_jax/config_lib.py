@@ -1,11 +1,27 @@
 """The config schema: every field, its unit and default, and the checks run before training.
 
 `base_config()` holds the reference values of the design card (`shared/design/mxq-vae.md`);
-files in `configs/` start from it and change what their experiment needs. `validate` turns a
-bad value into one `ConfigError` line that says what is wrong and how to fix it.
+files in `configs/` start from it, change what their experiment needs and apply the size tables
+of `configs/common.py` (`apply_table`). `validate` turns a bad value into one `ConfigError` line
+that says what is wrong and how to fix it; its checks are the rows of `FIELD_RULES`,
+`OPTIM_RULES`, `SAMPLING_RULES` and `CROSS_RULES`. `mxq_vae_config` is the one place the
+stage-1 model's typed config is read from a ConfigDict.
 """
 
+from __future__ import annotations
+
+import functools
+import importlib.util
+import operator
+import os
+import types
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
+
 import ml_collections
+
+if TYPE_CHECKING:
+  from mxq_jax.models import codebooks, mxq_vae
 
 
 class ConfigError(ValueError):
@@ -37,6 +53,10 @@ def optim_config(**overrides) -> ml_collections.ConfigDict:
       eval_every=1_000,  # steps between test-split evaluations (0: only at the end).
       checkpoint_every=1_000,  # steps between checkpoints (a final one is always written).
       keep_checkpoints=2,  # most recent checkpoints kept on disk.
+      # A TensorBoard profile (clu periodic_actions.Profile) of this many steps, from step
+      # profile_first_step of the run (counted from where it resumed); 0: no profile.
+      profile_steps=0,
+      profile_first_step=10,
   ))
   optim.update(overrides)
   return optim
@@ -180,89 +200,44 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
-def apply_paper_sizes(config: ml_collections.ConfigDict) -> None:
-  """The reference sizes: 64 px, 64 tokens, 72 joint codes, 256 x 128 codebook, 6 res blocks."""
-  reference = base_config()
-  config.data.image_size = reference.data.image_size
-  config.data.text_length = reference.data.text_length
-  for key in ("image_channels", "res_channels", "num_res_blocks", "text_embed_dim",
-              "text_channels", "text_kernel", "embed_dim", "fusion_layers", "fusion_heads",
-              "fusion_mlp_dim", "dropout", "codebook_size", "text_mix_hidden"):
-    config.vqvae[key] = reference.vqvae[key]
-  config.vqvae.optim.batch_size = reference.vqvae.optim.batch_size  # 384, the authors' batch.
-  for key in ("num_layers", "num_heads", "dim", "mlp_dim", "dropout"):
-    config.prior[key] = reference.prior[key]
-  config.prior.optim.batch_size = reference.prior.optim.batch_size
+# ------------------------------------------------------------------------------------ presets
 
 
-def apply_photo_sizes(config: ml_collections.ConfigDict) -> None:
-  """The paper's birds/flowers sizes: 128 px, 80 tokens, 16x16 + 20 = 276 joint codes.
+def _field(tree, path: str):
+  """tree["a"]["b"] for path "a.b" (a ConfigDict or nested mappings)."""
+  return functools.reduce(operator.getitem, path.split("."), tree)
 
-  The reference networks at 128 px: three stride-2 convs give the 16x16 grid; four VALID
-  convs of kernel 16 turn 80 tokens into 20 text positions; the text mixer's hidden width is
-  128 at this size (design card).
+
+def apply_table(config: ml_collections.ConfigDict, table: Mapping[str, Any]) -> None:
+  """Sets each dotted field of `table` ({"vqvae.embed_dim": 16, ...}) on `config`, in order.
+
+  A table only changes fields of the schema: a name `base_config()` lacks raises ConfigError
+  (an unlocked ConfigDict would silently grow it).
   """
-  apply_paper_sizes(config)
-  config.data.image_size = 128
-  config.data.text_length = 80
-  config.vqvae.text_kernel = 16
-  config.vqvae.text_mix_hidden = 128
-  config.masking.image_patch = 16  # the same 8x8 patch grid the 64 px reference masks.
+  for path, value in table.items():
+    parent, _, name = path.rpartition(".")
+    try:
+      node = _field(config, parent) if parent else config
+    except KeyError:
+      node = None
+    if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+      raise ConfigError(f"{path}: no such config field (base_config in mxq_jax/config_lib.py "
+                        "lists them)")
+    node[name] = value
 
 
-def photo_dataset_config(name: str, variant: str) -> ml_collections.ConfigDict:
-  """cub, flowers, coco: photos with several captions each, at the paper's 128 px sizes.
+def load_beside(config_file: str | os.PathLike, name: str) -> types.ModuleType:
+  """Module NAME.py from the folder of `config_file` (a config file passes its `__file__`).
 
-  variant "smoke": the tiny model and steps of `apply_smoke_sizes`, for a directory laid out
-  like the real downloads (tests use a few images).
+  configs/ is no package and config files are loaded by path (ml_collections' config_flags,
+  tests/conftest.py), so `import common` would depend on the working directory; the file's own
+  location does not.
   """
-  config = base_config()
-  apply_photo_sizes(config)
-  config.data.name = name
-  config.data.caption_choice = "random"  # an epoch is an epoch of images, a caption each.
-  config.data.random_flip = True  # the captions describe birds and flowers, not sides.
-  config.data.lowercase = True
-  # Stored codes would pair each image with its first caption only; encoding each batch as it
-  # comes lets the prior see every caption (the encoder is a fraction of a prior step here).
-  config.prior.encode_on_the_fly = True
-  config.evaluation.num_samples = 1_000
-  if variant == "smoke":
-    apply_smoke_sizes(config)
-    config.data.vocab_size = 48  # few enough pieces for a few dozen captions to fill.
-  return config
-
-
-def apply_smoke_sizes(config: ml_collections.ConfigDict) -> None:
-  """A tiny model and a few steps: enough to exercise every code path in seconds."""
-  config.data.image_size = 16
-  config.masking.image_patch = base_config().masking.image_patch
-  config.data.num_train = 256
-  config.data.num_test = 64
-  config.data.text_length = 24
-  config.data.vocab_size = 96  # caption_digits' captions fit 24 tokens at this vocabulary.
-  vq = config.vqvae
-  vq.image_channels = (8, 16, 16)
-  vq.res_channels = 16
-  vq.num_res_blocks = 1
-  vq.text_embed_dim = 16
-  vq.text_channels = (16, 16, 16, 16)
-  vq.text_kernel = 5
-  vq.embed_dim = 16
-  vq.fusion_layers = 1
-  vq.fusion_heads = 2
-  vq.fusion_mlp_dim = 32
-  vq.codebook_size = 32
-  vq.text_mix_hidden = 16  # routing init: at least 2 x the 8 text positions.
-  vq.optim.update(batch_size=16, num_steps=6, warmup_steps=2, log_every=2, eval_every=0,
-                  checkpoint_every=3)
-  config.prior.update(num_layers=1, num_heads=2, dim=32, mlp_dim=64)
-  config.prior.optim.update(batch_size=16, num_steps=6, warmup_steps=2, log_every=2,
-                            eval_every=0, checkpoint_every=3)
-  config.sampling.batch_size = 16
-  config.evaluation.num_samples = 32
-  config.evaluation.min_classifier_accuracy = 0.0  # 6 steps cannot make a reliable classifier.
-  config.evaluation.classifier_optim.update(batch_size=16, num_steps=6, warmup_steps=2,
-                                            log_every=2, checkpoint_every=6)
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"mxq_jax_configs_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def from_json_file(path: str) -> ml_collections.ConfigDict:
@@ -311,6 +286,13 @@ def num_joint_codes(config: ml_collections.ConfigDict) -> int:
   return image_grid_size(config) ** 2 + text_positions(config)
 
 
+def code_vocabulary_size(config: ml_collections.ConfigDict) -> int:
+  """Ids the joint codes take (the prior's vocabulary, BOS excluded): K with one shared
+  codebook, 2K with one per modality (`models.codebooks.ModalityQuantizers`)."""
+  per_codebook = config.vqvae.codebook_size
+  return 2 * per_codebook if config.vqvae.codebooks == "separate" else per_codebook
+
+
 def prior_code_order(config: ml_collections.ConfigDict):
   """The permutation from stage-1 code positions (image grid, then text) to the prior's order."""
   import numpy as np
@@ -321,118 +303,200 @@ def prior_code_order(config: ml_collections.ConfigDict):
   return positions
 
 
+# ------------------------------------------------------------------------------ model configs
+# The models take typed configs (mxq_jax/models imports nothing else of the package); these
+# read them from the ConfigDict. The model packages are imported here, not at the top, so that
+# loading a config file does not import jax.
+
+
+def quantizer_config(config: ml_collections.ConfigDict) -> codebooks.QuantizerConfig:
+  """config.vqvae's codebook settings."""
+  from mxq_jax.models import codebooks
+  vq = config.vqvae
+  return codebooks.QuantizerConfig(
+      codebook_size=vq.codebook_size, codebooks=vq.codebooks, update=vq.codebook_update,
+      init=vq.codebook_init, ema_decay=vq.ema_decay, dead_code_restart=vq.dead_code_restart,
+      dead_code_threshold=vq.dead_code_threshold, l2_normalize=vq.codebook_l2_normalize)
+
+
+def mxq_vae_config(config: ml_collections.ConfigDict) -> mxq_vae.MXQVAEConfig:
+  """The stage-1 model's sizes and switches: config.vqvae, config.data's vocabulary and the
+  code geometry of `image_grid_size` and `text_positions`."""
+  from mxq_jax.models import mxq_vae
+  vq = config.vqvae
+  return mxq_vae.MXQVAEConfig(
+      grid_size=image_grid_size(config), text_positions=text_positions(config),
+      vocab_size=config.data.vocab_size, image_channels=tuple(vq.image_channels),
+      res_channels=vq.res_channels, num_res_blocks=vq.num_res_blocks,
+      text_embed_dim=vq.text_embed_dim, text_channels=tuple(vq.text_channels),
+      text_kernel=vq.text_kernel, embed_dim=vq.embed_dim, fusion=vq.fusion,
+      fusion_layers=vq.fusion_layers, fusion_heads=vq.fusion_heads,
+      fusion_mlp_dim=vq.fusion_mlp_dim, dropout=vq.dropout,
+      position_embeddings=vq.position_embeddings, quantizer=quantizer_config(config),
+      decoder_inputs=vq.decoder_inputs, cross_mixer_init=vq.cross_mixer_init,
+      text_mix_hidden=vq.text_mix_hidden, dtype=vq.dtype)
+
+
 # ---------------------------------------------------------------------------------- validation
+# Each check is one row. A field row (field, ok(value), fix) fails as the one line
+# f"{prefix}{field}={value}{fix}", the prefix naming the setting as the user typed it
+# ("config." or "--"); a cross-field row (ok(config), message(config)) fails with its message.
+# Field rows run first, so cross-field rows may rely on them (divisors >= 1).
+
+FieldRule = tuple[str, Callable[[Any], bool], str]
+
+
+def _at_least(low: int, note: str = "") -> tuple[Callable[[Any], bool], str]:
+  return (lambda value: value >= low), f" must be >= {low}{note}"
+
+
+def _one_of(*choices: str) -> tuple[Callable[[Any], bool], str]:
+  return (lambda value: value in choices), f": use {' or '.join(map(repr, choices))}"
+
+
+_POSITIVE = ((lambda value: value > 0), " must be > 0")
+_FRACTION = ((lambda value: 0.0 <= value < 1.0), " must be in [0, 1)")
+_DTYPES = _one_of("float32", "bfloat16")
+
+FIELD_RULES: tuple[FieldRule, ...] = (
+    ("vqvae.image_channels", lambda value: 1 <= len(value) <= 5,
+     ": give 1 to 5 widths, one per stride-2 conv (the reference has 3)"),
+    ("data.vocab_size", lambda value: value >= 16, " is too small; use at least 16"),
+    ("data.split", *_one_of("official", "class")),
+    ("data.caption_choice", *_one_of("random", "first")),
+    ("masking.image_patch", *_at_least(1)),
+    ("masking.image_ratio", *_FRACTION),
+    ("masking.text_ratio", *_FRACTION),
+    ("vqvae.fusion_heads", *_at_least(1)),
+    ("vqvae.codebook_update", *_one_of("ema", "gradient")),
+    ("vqvae.codebook_init", *_one_of("data", "uniform")),
+    ("vqvae.cross_mixer_init", *_one_of("random", "routing")),
+    ("vqvae.fusion", *_one_of("transformer", "none")),
+    ("vqvae.codebooks", *_one_of("shared", "separate")),
+    ("vqvae.decoder_inputs", *_one_of("joint", "own")),
+    ("vqvae.dtype", *_DTYPES),
+    ("prior.num_layers", *_at_least(1)),
+    ("prior.num_heads", *_at_least(1)),
+    ("prior.dim", *_at_least(1)),
+    ("prior.mlp_dim", *_at_least(1)),
+    ("prior.dropout", *_FRACTION),
+    ("prior.dtype", *_DTYPES),
+    ("prior.code_order", *_one_of("image_first", "text_first")),
+    ("mesh.fsdp", *_at_least(1)),
+)
+
+# Every `optim_config()` that `validate` checks, and the rows of each (relative to it).
+OPTIMS = ("vqvae.optim", "prior.optim")
+OPTIM_RULES: tuple[FieldRule, ...] = (
+    ("num_steps", *_at_least(1)),
+    ("batch_size", *_at_least(1)),
+    ("learning_rate", *_POSITIVE),
+)
+
+# config.sampling, or the sampling flags of `mxq_jax.sample` (relative names).
+SAMPLING_RULES: tuple[FieldRule, ...] = (
+    ("top_k", *_at_least(1, " (the codebook size or more: no top-k)")),
+    ("top_p", lambda value: 0.0 < value <= 1.0, " must be in (0, 1]; 1.0 turns top-p off"),
+    ("temperature", *_POSITIVE),
+    ("image_temperature", lambda value: value is None or value > 0.0, " must be > 0"),
+)
+
+
+class CrossRule(NamedTuple):
+  ok: Callable[[ml_collections.ConfigDict], bool]
+  message: Callable[[ml_collections.ConfigDict], str]
+
+
+def _divisible(field: str, by: str) -> CrossRule:
+  return CrossRule(
+      lambda c: _field(c, field) % _field(c, by) == 0,
+      lambda c: f"config.{field}={_field(c, field)} must be divisible by config.{by}="
+                f"{_field(c, by)}")
+
+
+CROSS_RULES: tuple[CrossRule, ...] = (
+    CrossRule(
+        lambda c: c.data.image_size > 0 and c.data.image_size % image_downsampling(c) == 0,
+        lambda c: f"config.data.image_size={c.data.image_size} must be a positive multiple of "
+                  f"{image_downsampling(c)}: the image encoder halves it "
+                  f"{len(c.vqvae.image_channels)} times (len(config.vqvae.image_channels))"),
+    CrossRule(
+        lambda c: c.data.image_size % c.masking.image_patch == 0,
+        lambda c: f"config.masking.image_patch={c.masking.image_patch} must divide "
+                  f"config.data.image_size={c.data.image_size}"),
+    CrossRule(
+        lambda c: text_positions(c) >= 1,
+        lambda c: f"config.data.text_length={c.data.text_length} is too short for "
+                  f"config.vqvae.text_kernel={c.vqvae.text_kernel}: four VALID convs need "
+                  f"text_length > {4 * (c.vqvae.text_kernel - 1)}; raise text_length or lower "
+                  "text_kernel"),
+    _divisible("vqvae.embed_dim", "vqvae.fusion_heads"),
+    CrossRule(
+        lambda c: c.vqvae.codebook_update != "gradient" or not (
+            c.vqvae.dead_code_restart or c.vqvae.codebook_init == "data"),
+        lambda c: "config.vqvae.dead_code_restart and codebook_init='data' need "
+                  "codebook_update='ema'; set --config.vqvae.codebook_update=ema, or "
+                  "dead_code_restart=False and codebook_init=uniform for the reference's "
+                  "gradient codebook"),
+    CrossRule(
+        lambda c: c.vqvae.cross_mixer_init != "routing"
+        or c.vqvae.text_mix_hidden >= 2 * text_positions(c),
+        lambda c: f"config.vqvae.cross_mixer_init='routing' needs config.vqvae.text_mix_hidden "
+                  f">= {2 * text_positions(c)} (2 x the text positions); raise it or use "
+                  "'random'"),
+    _divisible("prior.dim", "prior.num_heads"),
+)
+
+
+def _show(value) -> str:
+  """A value as the user would type it: strings quoted, sequences as tuples."""
+  if isinstance(value, str):
+    return repr(value)
+  if isinstance(value, (list, tuple)):
+    return str(tuple(value))
+  return str(value)
+
+
+def _check_fields(tree, rules: tuple[FieldRule, ...], prefix: str) -> None:
+  for field, ok, fix in rules:
+    value = _field(tree, field)
+    if not ok(value):
+      raise ConfigError(f"{prefix}{field}={_show(value)}{fix}")
+
+
+def check_divisible_batch(batch_size: int, num_devices: int | None, where: str) -> None:
+  """Raises ConfigError unless a global batch (examples per step) splits over the devices.
+
+  `where` names the setting as the user typed it ("config.vqvae.optim.batch_size",
+  "--batch_size"); num_devices None or 0 skips the check.
+  """
+  if num_devices and batch_size % num_devices:
+    raise ConfigError(f"{where}={batch_size} must be divisible by the {num_devices} devices of "
+                      "the mesh; pick a multiple")
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
-  """Raises ConfigError (one line: field, value, fix) for a config that cannot train."""
-  data, vq, masking = config.data, config.vqvae, config.masking
-  if not 1 <= len(vq.image_channels) <= 5:
-    raise ConfigError(
-        f"config.vqvae.image_channels={tuple(vq.image_channels)}: give 1 to 5 widths, one per "
-        "stride-2 conv (the reference has 3)")
-  scale = image_downsampling(config)
-  if data.image_size <= 0 or data.image_size % scale:
-    raise ConfigError(
-        f"config.data.image_size={data.image_size} must be a positive multiple of {scale}: the "
-        f"image encoder halves it {len(vq.image_channels)} times (len(config.vqvae."
-        "image_channels))")
-  if data.image_size % masking.image_patch:
-    raise ConfigError(
-        f"config.masking.image_patch={masking.image_patch} must divide "
-        f"config.data.image_size={data.image_size}")
-  if text_positions(config) < 1:
-    raise ConfigError(
-        f"config.data.text_length={data.text_length} is too short for "
-        f"config.vqvae.text_kernel={vq.text_kernel}: four VALID convs need text_length > "
-        f"{4 * (vq.text_kernel - 1)}; raise text_length or lower text_kernel")
-  if data.vocab_size < 16:
-    raise ConfigError(f"config.data.vocab_size={data.vocab_size} is too small; use at least 16")
-  for name in ("image_ratio", "text_ratio"):
-    if not 0.0 <= masking[name] < 1.0:
-      raise ConfigError(f"config.masking.{name}={masking[name]} must be in [0, 1)")
-  if vq.embed_dim % vq.fusion_heads:
-    raise ConfigError(
-        f"config.vqvae.embed_dim={vq.embed_dim} must be divisible by "
-        f"config.vqvae.fusion_heads={vq.fusion_heads}")
-  if vq.codebook_update not in ("ema", "gradient"):
-    raise ConfigError(
-        f"config.vqvae.codebook_update={vq.codebook_update!r}: use 'ema' or 'gradient'")
-  if vq.codebook_init not in ("data", "uniform"):
-    raise ConfigError(f"config.vqvae.codebook_init={vq.codebook_init!r}: use 'data' or 'uniform'")
-  if vq.codebook_update == "gradient" and (vq.dead_code_restart or vq.codebook_init == "data"):
-    raise ConfigError(
-        "config.vqvae.dead_code_restart and codebook_init='data' need codebook_update='ema'; "
-        "set --config.vqvae.codebook_update=ema, or dead_code_restart=False and "
-        "codebook_init=uniform for the reference's gradient codebook")
-  if vq.cross_mixer_init not in ("random", "routing"):
-    raise ConfigError(
-        f"config.vqvae.cross_mixer_init={vq.cross_mixer_init!r}: use 'random' or 'routing'")
-  if vq.cross_mixer_init == "routing" and vq.text_mix_hidden < 2 * text_positions(config):
-    raise ConfigError(
-        f"config.vqvae.cross_mixer_init='routing' needs config.vqvae.text_mix_hidden >= "
-        f"{2 * text_positions(config)} (2 x the text positions); raise it or use 'random'")
-  for name, allowed in (("fusion", ("transformer", "none")), ("codebooks", ("shared", "separate")),
-                        ("decoder_inputs", ("joint", "own"))):
-    if vq[name] not in allowed:
-      raise ConfigError(f"config.vqvae.{name}={vq[name]!r}: use {' or '.join(map(repr, allowed))}")
-  if data.split not in ("official", "class"):
-    raise ConfigError(f"config.data.split={data.split!r}: use 'official' or 'class'")
-  if data.caption_choice not in ("random", "first"):
-    raise ConfigError(f"config.data.caption_choice={data.caption_choice!r}: use 'random' or 'first'")
-  if vq.dtype not in ("float32", "bfloat16"):
-    raise ConfigError(f"config.vqvae.dtype={vq.dtype!r}: use 'float32' or 'bfloat16'")
-  validate_optim(vq.optim, "config.vqvae.optim", num_devices)
-  validate_prior(config, num_devices)
-  validate_sampling(config.sampling.top_k, config.sampling.top_p, config.sampling.temperature,
-                    "config.sampling.", config.sampling.image_temperature)
+  """Raises ConfigError (one line: field, value, fix) for a config that cannot train.
+
+  num_devices: the devices every global batch is split over (None: not checked).
+  """
+  _check_fields(config, FIELD_RULES, "config.")
+  for path in OPTIMS:
+    optim = _field(config, path)
+    _check_fields(optim, OPTIM_RULES, f"config.{path}.")
+    check_divisible_batch(optim.batch_size, num_devices, f"config.{path}.batch_size")
+  for rule in CROSS_RULES:
+    if not rule.ok(config):
+      raise ConfigError(rule.message(config))
+  _check_fields(config.sampling, SAMPLING_RULES, "config.sampling.")
   parse_stages(config.stages)
-  if config.mesh.fsdp < 1:
-    raise ConfigError(f"config.mesh.fsdp={config.mesh.fsdp} must be >= 1")
-
-
-def validate_optim(optim: ml_collections.ConfigDict, where: str, num_devices: int | None) -> None:
-  if optim.num_steps < 1:
-    raise ConfigError(f"{where}.num_steps={optim.num_steps} must be >= 1")
-  if optim.batch_size < 1:
-    raise ConfigError(f"{where}.batch_size={optim.batch_size} must be >= 1")
-  if num_devices and optim.batch_size % num_devices:
-    raise ConfigError(
-        f"{where}.batch_size={optim.batch_size} must be divisible by the {num_devices} devices "
-        "of the mesh; pick a multiple")
-  if optim.learning_rate <= 0:
-    raise ConfigError(f"{where}.learning_rate={optim.learning_rate} must be > 0")
-
-
-def validate_prior(config: ml_collections.ConfigDict, num_devices: int | None) -> None:
-  prior = config.prior
-  if prior.num_layers < 1 or prior.dim < 1 or prior.mlp_dim < 1:
-    raise ConfigError("config.prior.num_layers, dim and mlp_dim must be >= 1")
-  if prior.num_heads < 1 or prior.dim % prior.num_heads:
-    raise ConfigError(
-        f"config.prior.dim={prior.dim} must be divisible by config.prior.num_heads="
-        f"{prior.num_heads}")
-  if not 0.0 <= prior.dropout < 1.0:
-    raise ConfigError(f"config.prior.dropout={prior.dropout} must be in [0, 1)")
-  if prior.dtype not in ("float32", "bfloat16"):
-    raise ConfigError(f"config.prior.dtype={prior.dtype!r}: use 'float32' or 'bfloat16'")
-  if prior.code_order not in ("image_first", "text_first"):
-    raise ConfigError(
-        f"config.prior.code_order={prior.code_order!r}: use 'image_first' or 'text_first'")
-  validate_optim(prior.optim, "config.prior.optim", num_devices)
 
 
 def validate_sampling(top_k: int, top_p: float, temperature: float, prefix: str = "--",
                       image_temperature: float | None = None) -> None:
   """Sampling settings; `prefix` names them as the user typed them (flags or config fields)."""
-  if top_k < 1:
-    raise ConfigError(f"{prefix}top_k={top_k} must be >= 1 (the codebook size or more: no top-k)")
-  if not 0.0 < top_p <= 1.0:
-    raise ConfigError(f"{prefix}top_p={top_p} must be in (0, 1]; 1.0 turns top-p off")
-  if not temperature > 0.0:
-    raise ConfigError(f"{prefix}temperature={temperature} must be > 0")
-  if image_temperature is not None and not image_temperature > 0.0:
-    raise ConfigError(f"{prefix}image_temperature={image_temperature} must be > 0")
+  _check_fields(dict(top_k=top_k, top_p=top_p, temperature=temperature,
+                     image_temperature=image_temperature), SAMPLING_RULES, prefix)
 
 
 STAGES = ("stage1", "encode", "stage2", "evaluate")

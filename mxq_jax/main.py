@@ -1,13 +1,11 @@
 r"""Trains MXQ-VAE: `python -m mxq_jax.main --config=configs/synthetic.py --workdir=DIR`.
 
+Runs the stages of config.stages that the workdir does not hold yet (`run.train_and_evaluate`).
 Running it again with the same workdir resumes from the latest checkpoint. Override any config
 field on the command line, e.g. `--config.vqvae.optim.num_steps=2000`.
 """
 
-import os
-import sys
-
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from mxq_jax import cli
@@ -21,21 +19,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  logging.get_absl_handler().addFilter(cli.OwnInfoOnly())
-  import tensorflow as tf  # the input pipeline only: keep it off the accelerators.
-  tf.config.set_visible_devices([], "GPU")
-  tf.config.set_visible_devices([], "TPU")
-
-  cli.initialize_distributed()
-  from mxq_jax import config_lib, run
-  try:
-    run.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except config_lib.ConfigError as error:
-    logging.flush()
-    sys.exit(f"mxq_jax: error: {error}")
+  cli.check_no_arguments(argv)
+  cli.start()
+  from mxq_jax import run  # after start-up: TensorFlow is kept off the accelerators first.
+  cli.run(lambda: run.train_and_evaluate(FLAGS.config, FLAGS.workdir))
 
 
 if __name__ == "__main__":

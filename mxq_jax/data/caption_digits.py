@@ -23,16 +23,6 @@ import tensorflow_datasets as tfds
 from mxq_jax.data import caption_attributes as attrs
 
 
-def hide_gpus_from_tensorflow() -> None:
-  """tf.data and TFDS run on the host; TF must not take GPU memory that JAX needs."""
-  try:
-    tf.config.set_visible_devices([], "GPU")
-  except RuntimeError:  # TF already initialised its devices; too late to change, harmless.
-    pass
-
-
-hide_gpus_from_tensorflow()
-
 _SUPERSAMPLE = 4  # render at 4x and downsample with a box filter: clean antialiased strokes.
 _SCALE_JITTER = (0.85, 1.15)  # x the size's scale.
 _MAX_ROTATION_DEG = 12.0

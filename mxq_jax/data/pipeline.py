@@ -31,8 +31,6 @@ from mxq_jax.data import tokenizer as tokenizer_lib
 from mxq_jax.data.normalization import (  # re-exported: the pipeline's public API.
     IMAGENET_MEAN, IMAGENET_STD, denormalize_images, normalize_images)
 
-caption_digits.hide_gpus_from_tensorflow()  # tf.data runs on the host, never on a GPU.
-
 # Datasets whose examples carry caption_attributes labels (the evaluation's classifier and
 # parser apply), and real datasets of photos with several captions each.
 ATTRIBUTE_DATASETS = ("caption_digits", "caption_mnist")

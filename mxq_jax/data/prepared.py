@@ -22,6 +22,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from mxq_jax import files
+
 # config.data.name -> the module whose build(data_config) prepares the TFDS builder.
 _BUILDER_MODULES = {"cub": "mxq_jax.data.cub", "flowers": "mxq_jax.data.flowers",
                     "coco": "mxq_jax.data.coco"}
@@ -61,13 +63,6 @@ def _paths(builder: tfds.core.DatasetBuilder, split: str, size: int) -> tuple[st
           os.path.join(directory, f"{split}-captions.json"))
 
 
-def _write_atomically(path: str, write) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with tf.io.gfile.GFile(tmp, "wb") as f:
-    write(f)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
 def _prepare_split(builder: tfds.core.DatasetBuilder, split: str, size: int) -> None:
   images_path, captions_path = _paths(builder, split, size)
   num = builder.info.splits[split].num_examples
@@ -84,8 +79,8 @@ def _prepare_split(builder: tfds.core.DatasetBuilder, split: str, size: int) -> 
   if len(captions) != num:
     raise ValueError(f"{builder.name} {split}: read {len(captions)} examples, TFDS says {num}")
   tf.io.gfile.makedirs(os.path.dirname(images_path))
-  _write_atomically(images_path, lambda f: np.save(f, images))
-  _write_atomically(captions_path, lambda f: f.write(json.dumps(captions).encode("utf-8")))
+  files.write_atomically(images_path, lambda f: np.save(f, images))
+  files.write_atomically(captions_path, lambda f: f.write(json.dumps(captions).encode("utf-8")))
   seconds = time.perf_counter() - start
   logging.info("data %s %s: prepared %d images at %d px in %.1f s (%.0f images/s) -> %s",
                builder.name, split, num, size, seconds, num / max(seconds, 1e-9), images_path)

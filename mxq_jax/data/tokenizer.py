@@ -6,14 +6,13 @@ learned pieces. A caption becomes BOS + pieces + EOS, padded with PAD to the tex
 
 from collections.abc import Iterable, Sequence
 import io
-import os
 import re
-import uuid
 
 from absl import logging
 import numpy as np
 import sentencepiece as spm
 
+from mxq_jax import files
 from mxq_jax.config_lib import ConfigError
 
 
@@ -74,20 +73,9 @@ def train_tokenizer(captions: Iterable[str], vocab_size: int, path: str,
     raise ConfigError(
         f"trained {processor.get_piece_size()} pieces for config.data.vocab_size={vocab_size}; "
         "lower config.data.vocab_size")
-  _write_atomically(path, model.getvalue())
+  files.write_bytes(path, model.getvalue())
   logging.info("tokenizer: trained %d pieces on %d captions -> %s", vocab_size, len(captions),
                path)
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-  # A unique temporary name: several processes may write the same (identical) model at once.
-  directory = os.path.dirname(path)
-  if directory:
-    _gfile().makedirs(directory)
-  tmp_path = f"{path}.tmp-{uuid.uuid4().hex}"
-  with _gfile().GFile(tmp_path, "wb") as f:
-    f.write(data)
-  _gfile().rename(tmp_path, path, overwrite=True)
 
 
 class Tokenizer:

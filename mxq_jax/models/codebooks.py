@@ -5,7 +5,7 @@
 and another of K for the text positions. Its ids form one vocabulary of 2K: image codes keep
 their index in [0, K), text codes are offset by K into [K, 2K). Every consumer of the ids (the
 prior, the stored codes, the code histograms) reads the vocabulary size from
-`code_vocabulary_size` and works unchanged.
+`mxq_jax.config_lib.code_vocabulary_size` and works unchanged.
 
 Why K each (vocabulary 2K) rather than K/2 each (vocabulary K): the ablation asks whether
 SHARING one code space matters, so the bottleneck must stay the same. With K per codebook each
@@ -15,18 +15,30 @@ capacity. The price is a prior softmax of 2K ids, of which each position only ev
 modality's K (the prior learns that quickly: the ranges never mix in the training codes).
 """
 
+import dataclasses
+from typing import Literal
+
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
 from mxq_jax.models.quantizer import Quantizer, QuantizerOutput, code_statistics
 
 
-def code_vocabulary_size(config: ml_collections.ConfigDict) -> int:
-  """Ids the joint codes take (the prior's vocabulary, BOS excluded): K shared, 2K separate."""
-  per_codebook = config.vqvae.codebook_size
-  return 2 * per_codebook if config.vqvae.codebooks == "separate" else per_codebook
+@dataclasses.dataclass(frozen=True)
+class QuantizerConfig:
+  """The codebook settings (`mxq_jax.config_lib.quantizer_config` reads them from config.vqvae).
+
+  The code vector size D is the model's (`make_quantizer`'s `dim`).
+  """
+  codebook_size: int  # K: codes per codebook.
+  codebooks: Literal["shared", "separate"]  # one codebook for every position, or one each.
+  update: Literal["ema", "gradient"]  # moving averages, or the codebook loss's gradient.
+  init: Literal["data", "uniform"]  # first batch's encoder outputs, or U(-1/K, 1/K).
+  ema_decay: float  # update="ema" only.
+  dead_code_restart: bool  # update="ema" only: re-seed codes unused for a while.
+  dead_code_threshold: float  # EMA assignments per batch under which a code is restarted.
+  l2_normalize: bool  # match unit vectors (cosine similarity).
 
 
 def _vectors_KxD(quantizer: Quantizer) -> jax.Array:
@@ -77,14 +89,14 @@ class ModalityQuantizers(nnx.Module):
         perplexity=perplexity, usage=usage)
 
 
-def make_quantizer(config: ml_collections.ConfigDict, num_image: int, *,
+def make_quantizer(config: QuantizerConfig, dim: int, num_image: int, *,
                    rngs: nnx.Rngs) -> Quantizer | ModalityQuantizers:
-  """The quantizer config.vqvae.codebooks asks for, with config.vqvae's codebook settings."""
-  vq = config.vqvae
-  kwargs = dict(update=vq.codebook_update, init=vq.codebook_init, ema_decay=vq.ema_decay,
-                dead_code_restart=vq.dead_code_restart,
-                dead_code_threshold=vq.dead_code_threshold,
-                l2_normalize=vq.codebook_l2_normalize, rngs=rngs)
-  if vq.codebooks == "separate":
-    return ModalityQuantizers(num_image, vq.codebook_size, vq.embed_dim, **kwargs)
-  return Quantizer(vq.codebook_size, vq.embed_dim, **kwargs)
+  """The quantizer `config.codebooks` asks for: codes of `dim` values; with "separate", the
+  first `num_image` positions are quantized against the image codebook."""
+  kwargs = dict(update=config.update, init=config.init, ema_decay=config.ema_decay,
+                dead_code_restart=config.dead_code_restart,
+                dead_code_threshold=config.dead_code_threshold,
+                l2_normalize=config.l2_normalize, rngs=rngs)
+  if config.codebooks == "separate":
+    return ModalityQuantizers(num_image, config.codebook_size, dim, **kwargs)
+  return Quantizer(config.codebook_size, dim, **kwargs)

@@ -6,10 +6,12 @@ tokens -> TextEncoder  -> [B, T, D]   /
 codes -> codebook vectors [B, N, D] -> image mixer (N -> g*g over positions) -> ImageDecoder
                                     -> text mixer  (N -> h -> T over positions) -> TextDecoder
 
-Masking of the inputs happens in the train step (`mxq_jax.masking`): the model reconstructs
+Masking of the inputs happens in the train step (`mxq_jax.training.masking`): the model reconstructs
 whatever pair it is given, and the loss compares it with the unmasked originals.
 
-Ablations of the design (config.vqvae; the defaults are the paper's model):
+The model reads a typed `MXQVAEConfig` (`mxq_jax.config_lib.mxq_vae_config` builds it from
+config.vqvae and config.data). Ablations of the design (the paper's model: fusion="transformer",
+codebooks="shared", decoder_inputs="joint"):
   fusion="none":          no FusionEncoder; each modality's encoder features are quantized as
                           encoded, so an image code depends on the image alone (and a text code
                           on the caption alone).
@@ -20,18 +22,54 @@ Ablations of the design (config.vqvae; the defaults are the paper's model):
                           decoding.
 """
 
+import dataclasses
+from typing import Literal
+
 import flax.struct
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
-from mxq_jax import config_lib
 from mxq_jax.models import codebooks
 from mxq_jax.models.fusion import FusionEncoder
 from mxq_jax.models.image_codec import ImageDecoder, ImageEncoder
 from mxq_jax.models.quantizer import QuantizerOutput
 from mxq_jax.models.text_codec import TextDecoder, TextEncoder
+
+
+@dataclasses.dataclass(frozen=True)
+class MXQVAEConfig:
+  """Sizes and switches of the stage-1 model (the fields of config.vqvae, units there).
+
+  The code geometry is given, not derived: `mxq_jax.config_lib` computes it from the image
+  size and caption length (`image_grid_size`, `text_positions`), in one place.
+  """
+  grid_size: int  # g: side of the image code grid, image side / 2 ** len(image_channels).
+  text_positions: int  # T: text code positions, text_length - 4 (text_kernel - 1).
+  vocab_size: int  # V: SentencePiece pieces.
+  # Image CNN: len(image_channels) stride-2 4x4 convs, a 3x3 conv, residual stack, 1x1 to D.
+  image_channels: tuple[int, ...]
+  res_channels: int
+  num_res_blocks: int
+  # Text 1-D CNN: embedding, four VALID convs of text_kernel, 1x1 conv to D.
+  text_embed_dim: int
+  text_channels: tuple[int, ...]
+  text_kernel: int
+  embed_dim: int  # D: fusion width and code vector size.
+  # Fusion: a post-LN Transformer over image then text positions, or "none" (no fusion).
+  fusion: Literal["transformer", "none"]
+  fusion_layers: int
+  fusion_heads: int
+  fusion_mlp_dim: int
+  dropout: float  # fusion dropout rate.
+  position_embeddings: bool  # learned position + modality embeddings before the fusion.
+  quantizer: codebooks.QuantizerConfig
+  # Cross decoding: each decoder's position mixer reads all N positions ("joint") or only its
+  # modality's ("own"); "routing" starts the mixers by passing those positions through.
+  decoder_inputs: Literal["joint", "own"]
+  cross_mixer_init: Literal["routing", "random"]
+  text_mix_hidden: int  # h: the text mixer's hidden width over positions.
+  dtype: str  # compute dtype, "float32" or "bfloat16"; parameters stay float32.
 
 
 @flax.struct.dataclass
@@ -92,45 +130,47 @@ class PositionMixer(nnx.Module):
 
 
 class MXQVAE(nnx.Module):
-  """The stage-1 model. Reads config.data (image_size, text_length, vocab_size) and config.vqvae."""
+  """The stage-1 model: [B, H, W, 3] images and [B, L] tokens <-> [B, N] joint codes."""
 
-  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-    vq = config.vqvae
-    dtype = jnp.dtype(vq.dtype)
-    dim = vq.embed_dim
-    self.grid = config_lib.image_grid_size(config)
+  def __init__(self, config: MXQVAEConfig, *, rngs: nnx.Rngs):
+    # Submodules are built in this order on purpose: each draws its initial parameters from
+    # `rngs` in turn, so the order fixes every initial value.
+    dtype = jnp.dtype(config.dtype)
+    dim = config.embed_dim
+    self.grid = config.grid_size
     self.num_image = self.grid**2
-    self.num_text = config_lib.text_positions(config)
-    self.own_decoder_inputs = vq.decoder_inputs == "own"
-    image_sizes = (tuple(vq.image_channels), vq.res_channels, vq.num_res_blocks, dim)
-    text_sizes = (config.data.vocab_size, vq.text_embed_dim, tuple(vq.text_channels),
-                  vq.text_kernel, dim)
+    self.num_text = config.text_positions
+    self.own_decoder_inputs = config.decoder_inputs == "own"
+    image_sizes = (config.image_channels, config.res_channels, config.num_res_blocks, dim)
+    text_sizes = (config.vocab_size, config.text_embed_dim, config.text_channels,
+                  config.text_kernel, dim)
 
     self.image_encoder = ImageEncoder(*image_sizes, dtype=dtype, rngs=rngs)
     self.text_encoder = TextEncoder(*text_sizes, dtype=dtype, rngs=rngs)
     # fusion="none": no Transformer; each modality is quantized as encoded.
-    fused = vq.fusion == "transformer"
+    fused = config.fusion == "transformer"
     self.fusion = FusionEncoder(
-        dim, vq.fusion_layers, vq.fusion_heads, vq.fusion_mlp_dim, vq.dropout,
+        dim, config.fusion_layers, config.fusion_heads, config.fusion_mlp_dim, config.dropout,
         num_image=self.num_image, num_text=self.num_text,
-        position_embeddings=vq.position_embeddings, dtype=dtype, rngs=rngs) if fused else None
-    self.quantizer = codebooks.make_quantizer(config, self.num_image, rngs=rngs)
+        position_embeddings=config.position_embeddings, dtype=dtype,
+        rngs=rngs) if fused else None
+    self.quantizer = codebooks.make_quantizer(config.quantizer, dim, self.num_image, rngs=rngs)
     # Each mixer reads all N joint positions (cross decoding) or, decoder_inputs="own", only
     # its own modality's; the routing init passes that modality's positions through.
     num_positions, own = self.num_image + self.num_text, self.own_decoder_inputs
     text_first = 0 if own else self.num_image
-    routed = vq.cross_mixer_init == "routing"
+    routed = config.cross_mixer_init == "routing"
     self.image_mixer = PositionMixer((self.num_image if own else num_positions, self.num_image),
                                      route_from=0 if routed else None, dtype=dtype, rngs=rngs)
     self.text_mixer = PositionMixer(
-        (self.num_text if own else num_positions, vq.text_mix_hidden, self.num_text),
+        (self.num_text if own else num_positions, config.text_mix_hidden, self.num_text),
         route_from=text_first if routed else None, dtype=dtype, rngs=rngs)
     self.image_decoder = ImageDecoder(*image_sizes, dtype=dtype, rngs=rngs)
     self.text_decoder = TextDecoder(*text_sizes, dtype=dtype, rngs=rngs)
 
   @property
   def num_codes(self) -> int:
-    """Ids the codes take: `codebooks.code_vocabulary_size` of the config (K or 2K)."""
+    """Ids the codes take: K, or 2K with codebooks="separate" (the prior's vocabulary)."""
     return self.quantizer.num_codes
 
   def features(self, images_BxHxWx3: jax.Array, tokens_BxL: jax.Array, *, train: bool,

@@ -5,10 +5,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mxq_jax import ablations, checkpointing, codes as codes_lib, config_lib, sharding, stage1
-from mxq_jax import stage2, train_lib
-from mxq_jax.models import codebooks
+from mxq_jax import ablations, config_lib, sharding
 from mxq_jax.models.mxq_vae import MXQVAE
+from mxq_jax.training import checkpoints, codes as codes_lib, stage1, stage2, trainer
 from conftest import load_config
 
 B = 4
@@ -18,6 +17,10 @@ def variant(name: str):
   """configs/synthetic.py:smoke (N = 4 image + 8 text positions, K = 32) as the variant."""
   return ablations.variant_config(load_config("synthetic", "smoke"),
                                   ablations.variants()[name], seed=0)
+
+
+def build(config):
+  return MXQVAE(config_lib.mxq_vae_config(config), rngs=nnx.Rngs(0))
 
 
 def pair(config, seed=0):
@@ -37,7 +40,7 @@ def split_positions(config):
 def test_forward_shapes(name):
   config = variant(name)
   images, tokens = pair(config)
-  out = jax.eval_shape(lambda: MXQVAE(config, rngs=nnx.Rngs(0))(
+  out = jax.eval_shape(lambda: build(config)(
       images, tokens, train=True, rngs=nnx.Rngs(1)))
   n, d = config_lib.num_joint_codes(config), config.vqvae.embed_dim
   assert out.images.shape == images.shape
@@ -47,15 +50,15 @@ def test_forward_shapes(name):
 
 @pytest.mark.parametrize("name", ["no_masking", "separate_no_fusion", "own_decoders"])
 def test_variant_trains(name):
-  """A few train steps on a fixed batch lower the loss (mxq_vae: tests/test_train.py)."""
+  """A few train steps on a fixed batch lower the loss (mxq_vae: tests/training/test_trainer.py)."""
   config = variant(name)
   # num_steps sets the cosine schedule: the lr stays near its peak for the 30 steps run.
   config.vqvae.optim.update(learning_rate=3e-3, warmup_steps=1, num_steps=1_000)
   mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:1])
-  stage = stage1.make_stage(config)
-  _, shardings = train_lib.abstract_state(stage, mesh)
-  state = train_lib.init_state(stage, 0, shardings)
-  step = train_lib.make_train_step(stage, mesh, shardings)
+  task = stage1.make_task(config)
+  _, shardings = trainer.abstract_state(task, mesh)
+  state = trainer.init_state(task, 0, shardings)
+  step = trainer.make_train_step(task, mesh, shardings)
   batch = jax.tree.map(lambda x: np.tile(x, (8,) + (1,) * (x.ndim - 1)),
                        stage1.random_batch(config, 2))
   batch = jax.device_put(batch, sharding.batch_sharding(mesh))
@@ -76,7 +79,7 @@ def perturbed(codes, start, stop, num_codes):
 @pytest.mark.parametrize("name,cross", [("own_decoders", False), ("mxq_vae", True)])
 def test_own_decoders_read_only_their_modality(name, cross):
   config = variant(name)
-  model = MXQVAE(config, rngs=nnx.Rngs(0))
+  model = build(config)
   num_image, num_text = split_positions(config)
   k = model.num_codes
   codes = jax.random.randint(jax.random.key(1), (B, num_image + num_text), 0, k)
@@ -95,7 +98,7 @@ def test_own_decoders_read_only_their_modality(name, cross):
 @pytest.mark.parametrize("name,fused", [("separate_no_fusion", False), ("mxq_vae", True)])
 def test_without_fusion_each_modality_is_encoded_alone(name, fused):
   config = variant(name)
-  model = MXQVAE(config, rngs=nnx.Rngs(0))
+  model = build(config)
   num_image, _ = split_positions(config)
   images, tokens = pair(config, 0)
   other_images, other_tokens = pair(config, 1)
@@ -117,8 +120,8 @@ def test_without_fusion_each_modality_is_encoded_alone(name, fused):
 def test_separate_codebooks_give_each_modality_its_own_id_range():
   config = variant("separate_no_fusion")
   k = config.vqvae.codebook_size
-  model = MXQVAE(config, rngs=nnx.Rngs(0))
-  assert model.num_codes == codebooks.code_vocabulary_size(config) == 2 * k
+  model = build(config)
+  assert model.num_codes == config_lib.code_vocabulary_size(config) == 2 * k
   num_image, _ = split_positions(config)
   images, tokens = pair(config)
   before = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model.quantizer)))
@@ -151,7 +154,7 @@ def test_separate_codebooks_give_each_modality_its_own_id_range():
 def test_vocabulary_reaches_the_prior_and_the_stored_codes():
   shared, separate = variant("mxq_vae"), variant("separate_no_fusion")
   k = shared.vqvae.codebook_size
-  assert codebooks.code_vocabulary_size(shared) == k
+  assert config_lib.code_vocabulary_size(shared) == k
   prior = stage2.build_model(separate, nnx.Rngs(0))
   assert prior.num_codes == 2 * k and prior.bos == 2 * k
   assert stage2.model_signature(separate, 6)["num_codes"] == 2 * k
@@ -165,20 +168,20 @@ def test_variant_signatures_refuse_each_others_checkpoints():
   assert signatures["no_masking"] == signatures["mxq_vae"]
   for name in ("separate_no_fusion", "own_decoders"):
     with pytest.raises(config_lib.ConfigError, match="different model"):
-      checkpointing.check_compatible({"signature": signatures["mxq_vae"]}, signatures[name],
+      checkpoints.check_compatible({"signature": signatures["mxq_vae"]}, signatures[name],
                                      "dir")
   with pytest.raises(config_lib.ConfigError, match="decoder_inputs"):
-    checkpointing.check_compatible({"signature": signatures["own_decoders"]},
+    checkpoints.check_compatible({"signature": signatures["own_decoders"]},
                                    signatures["separate_no_fusion"], "dir")
 
 
 def test_checkpoints_older_than_the_switches_still_match_the_default_model():
   """A signature without the later fields is the design's default model, nested ones too."""
   current = stage1.model_signature(variant("mxq_vae"))
-  older = {k: v for k, v in current.items() if k not in checkpointing.LATER_FIELDS}
-  checkpointing.check_compatible({"signature": older}, current, "dir")
-  checkpointing.check_compatible({"signature": current}, older, "dir")
-  checkpointing.check_compatible({"signature": {"stage1": older}}, {"stage1": current}, "dir")
+  older = {k: v for k, v in current.items() if k not in checkpoints.LATER_FIELDS}
+  checkpoints.check_compatible({"signature": older}, current, "dir")
+  checkpoints.check_compatible({"signature": current}, older, "dir")
+  checkpoints.check_compatible({"signature": {"stage1": older}}, {"stage1": current}, "dir")
   with pytest.raises(config_lib.ConfigError, match="fusion"):
-    checkpointing.check_compatible({"signature": older},
+    checkpoints.check_compatible({"signature": older},
                                    stage1.model_signature(variant("separate_no_fusion")), "dir")

@@ -1,4 +1,4 @@
-"""The full stage-1 model on a tiny config: a jitted functional train step, dropout, encode/decode."""
+"""The stage-1 model on a tiny config: a jitted functional train step, dropout, encode/decode."""
 
 import jax
 import jax.numpy as jnp
@@ -9,16 +9,23 @@ from flax import nnx
 
 from mxq_jax import config_lib
 from mxq_jax.models.mxq_vae import MXQVAE, count_params
+from conftest import REPO
+
+common = config_lib.load_beside(REPO / "configs" / "common.py", "common")
 
 
 def tiny_config(update="ema"):
   config = config_lib.base_config()
-  config_lib.apply_smoke_sizes(config)  # 16 px, 24 tokens (k = 5): N = 4 + 8 = 12.
+  config_lib.apply_table(config, common.SMOKE_SIZES)  # 16 px, 24 tokens (k = 5): N = 4 + 8 = 12.
   config.vqvae.dropout = 0.1
   if update == "gradient":
     config.vqvae.update(codebook_update="gradient", codebook_init="uniform",
                         dead_code_restart=False)
   return config
+
+
+def build(config):
+  return MXQVAE(config_lib.mxq_vae_config(config), rngs=nnx.Rngs(0))
 
 
 def batch(config, seed=0):
@@ -58,7 +65,7 @@ def make_train_step(graphdef, beta):
 @pytest.mark.parametrize("update", ["ema", "gradient"])
 def test_jitted_train_step_value_and_grad(update):
   config = tiny_config(update)
-  model = MXQVAE(config, rngs=nnx.Rngs(0))
+  model = build(config)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   step = make_train_step(graphdef, config.vqvae.beta)
   images, tokens = batch(config)
@@ -91,7 +98,7 @@ def test_jitted_train_step_value_and_grad(update):
 
 def test_dropout_uses_the_default_stream_of_call_time_rngs():
   config = tiny_config("gradient")  # No codebook writes: every call starts from one state.
-  model = MXQVAE(config, rngs=nnx.Rngs(0))
+  model = build(config)
   images, tokens = batch(config)
   features = nnx.jit(lambda m, key, train: m.features(images, tokens, train=train,
                                                       rngs=nnx.Rngs(key)), static_argnums=2)
@@ -105,7 +112,7 @@ def test_dropout_uses_the_default_stream_of_call_time_rngs():
 
 def test_encode_decode_match_the_forward_pass():
   config = tiny_config("ema")
-  model = MXQVAE(config, rngs=nnx.Rngs(0))
+  model = build(config)
   images, tokens = batch(config)
 
   @nnx.jit
@@ -133,3 +140,21 @@ def test_routing_kernels_pass_each_modality_through():
   np.testing.assert_allclose(second_HxM.T @ hidden_HxD, x_NxD[4:], atol=1e-6)
   with pytest.raises(ValueError, match="text_mix_hidden >= 2 x 3"):
     routing_kernels((7, 5, 3), first=4)
+
+
+def test_models_import_nothing_else_of_the_package():
+  """mxq_jax/models/ takes typed configs: of the package it imports only its own modules."""
+  import ast
+  import pathlib
+  from mxq_jax.models import mxq_vae
+  for path in sorted(pathlib.Path(mxq_vae.__file__).parent.glob("*.py")):
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Import):
+        names = [alias.name for alias in node.names]
+      elif isinstance(node, ast.ImportFrom):
+        names = [f"{node.module}.{alias.name}" for alias in node.names]
+      else:
+        continue
+      for name in names:
+        assert not name.startswith("mxq_jax.") or name.startswith("mxq_jax.models."), (
+            path.name, name)

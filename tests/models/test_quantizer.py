@@ -169,3 +169,22 @@ def test_bad_options_raise():
   q = Quantizer(4, 2, update="ema", init="data", rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="needs `rngs`"):
     q(jnp.zeros((1, 2, 2)), train=True)
+
+
+@pytest.mark.parametrize("codebooks", ["shared", "separate"])
+def test_make_quantizer_follows_the_typed_config(codebooks):
+  from mxq_jax.models.codebooks import ModalityQuantizers, QuantizerConfig, make_quantizer
+  config = QuantizerConfig(codebook_size=8, codebooks=codebooks, update="ema", init="uniform",
+                           ema_decay=0.9, dead_code_restart=True, dead_code_threshold=0.1,
+                           l2_normalize=True)
+  q = make_quantizer(config, 4, num_image=3, rngs=nnx.Rngs(0))
+  if codebooks == "separate":
+    assert isinstance(q, ModalityQuantizers) and q.num_codes == 16 and q.num_image == 3
+    parts = [q.image, q.text]
+  else:
+    assert isinstance(q, Quantizer) and q.num_codes == 8
+    parts = [q]
+  for part in parts:
+    assert (part.num_codes, part.dim, part.update, part.init, part.ema_decay,
+            part.dead_code_restart, part.dead_code_threshold, part.l2_normalize) == (
+                8, 4, "ema", "uniform", 0.9, True, 0.1, True)

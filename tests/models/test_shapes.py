@@ -18,6 +18,11 @@ from conftest import load_config
 B = 2
 
 
+def abstract_model(config):
+  """The MXQ-VAE of `config`, shapes only."""
+  return nnx.eval_shape(lambda: MXQVAE(config_lib.mxq_vae_config(config), rngs=nnx.Rngs(0)))
+
+
 def synthetic(arg=None):
   return load_config("synthetic", arg)
 
@@ -72,7 +77,7 @@ def test_mxq_vae_shapes(name, config, n_image, n_text):
   size, length, vocab = config.data.image_size, config.data.text_length, config.data.vocab_size
   n = config_lib.num_joint_codes(config)
   assert n == n_image + n_text, name
-  model = nnx.eval_shape(lambda: MXQVAE(config, rngs=nnx.Rngs(0)))
+  model = abstract_model(config)
   graphdef, state = nnx.split(model)
   images, tokens = spec((B, size, size, 3)), spec((B, length), jnp.int32)
 
@@ -95,7 +100,7 @@ def test_mxq_vae_shapes(name, config, n_image, n_text):
 
 def test_reference_parameter_count():
   config = config_lib.base_config()
-  count = lambda c: count_params(nnx.eval_shape(lambda: MXQVAE(c, rngs=nnx.Rngs(0))))
+  count = lambda c: count_params(abstract_model(c))
   total = count(config)
   print(f"reference MXQ-VAE parameters: {total:,}")
   assert 20_000_000 < total < 30_000_000  # Two ~5M image CNNs, two ~7M text CNNs, 0.8M fusion.
@@ -110,7 +115,7 @@ def test_reference_parameter_count():
 def test_bfloat16_compute_float32_params():
   config = synthetic("smoke")
   config.vqvae.dtype = "bfloat16"
-  model = nnx.eval_shape(lambda: MXQVAE(config, rngs=nnx.Rngs(0)))
+  model = abstract_model(config)
   assert {x.dtype for x in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype("float32")}
   graphdef, state = nnx.split(model)
   size, length = config.data.image_size, config.data.text_length

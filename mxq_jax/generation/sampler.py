@@ -20,14 +20,16 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from mxq_jax import config_lib, sampling, sharding, stage1, stage2, train_lib
+from mxq_jax import config_lib, sharding
 from mxq_jax.data import normalization
+from mxq_jax.generation import filters
+from mxq_jax.training import stage1, stage2, trainer as trainer_lib
 from mxq_jax.models import mxq_vae, prior as prior_lib
 
 Variables = tuple[nnx.State, nnx.State]  # (params, model_state) of a model.
 
 
-def variables_of(state: train_lib.TrainState) -> Variables:
+def variables_of(state: trainer_lib.TrainState) -> Variables:
   """What a trained model needs for inference: no optimizer state."""
   return state.params, state.model_state
 
@@ -57,7 +59,7 @@ def generate_codes(prior: prior_lib.Prior, key: jax.Array, batch_size: int, *, t
   def step(carry, position):
     token_B, cache = carry
     logits_BxK, cache = prior.decode_step(token_B, position, cache)
-    code_B = sampling.sample_codes(
+    code_B = filters.sample_codes(
         _position_key(key, position), logits_BxK, top_k=top_k, top_p=top_p,
         temperature=_temperature_at(temperature, prior.seq_len, position))
     return (code_B, cache), code_B
@@ -76,7 +78,7 @@ def generate_codes_uncached(prior: prior_lib.Prior, key: jax.Array, batch_size: 
   def step(position, tokens_BxT):
     # Positions after `position` hold BOS placeholders; causal attention never reads them.
     logits_BxK = prior(tokens_BxT[:, :n], train=False)[:, position]
-    code_B = sampling.sample_codes(_position_key(key, position), logits_BxK, top_k=top_k,
+    code_B = filters.sample_codes(_position_key(key, position), logits_BxK, top_k=top_k,
                                    top_p=top_p, temperature=_temperature_at(temperature, n,
                                                                              position))
     return tokens_BxT.at[:, position + 1].set(code_B)
@@ -100,12 +102,9 @@ def make_sampler(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
   (`variables_of`). Outputs are sharded over the batch. `cached=False`: the reference-style
   baseline; `unroll`: for cost analysis only.
   """
-  num_batch_devices = mesh.devices.size
-  if batch_size % num_batch_devices:
-    raise ValueError(f"batch size {batch_size} must be divisible by the {num_batch_devices} "
-                     "devices of the mesh")
-  prior_graphdef = train_lib.graphdef_of(stage2.make_stage(config, stage1_step=0))
-  vae_graphdef = train_lib.graphdef_of(stage1.make_stage(config))
+  config_lib.check_divisible_batch(batch_size, mesh.devices.size, "batch_size")
+  prior_graphdef = trainer_lib.graphdef_of(stage2.make_task(config, stage1_step=0))
+  vae_graphdef = trainer_lib.graphdef_of(stage1.make_task(config))
   batch_sharding = sharding.batch_sharding(mesh)
   constrain = lambda x: jax.lax.with_sharding_constraint(x, batch_sharding)
   generate = generate_codes if cached else generate_codes_uncached

@@ -1,4 +1,4 @@
-"""The attribute classifier as a `train_lib.Stage`: trained once per workdir, then a reader.
+"""The attribute classifier as a `trainer.Task`: trained once per workdir, then a reader.
 
 It learns digit, colour, position and size from the training split's labels, by the same train
 machinery as the two model stages (checkpoints under `{workdir}/classifier/`), and reports its
@@ -13,7 +13,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from mxq_jax import train_lib
+from mxq_jax.evaluation import batching
+from mxq_jax.training import trainer as trainer_lib
 from mxq_jax.data import caption_attributes, normalization
 from mxq_jax.models import attribute_classifier
 
@@ -52,8 +53,8 @@ def summarize_eval(sums: dict[str, np.ndarray]) -> dict[str, float]:
   return {f"{name}_accuracy": float(sums[name] / sums["examples"]) for name in ATTRIBUTES}
 
 
-def make_stage(config: ml_collections.ConfigDict) -> train_lib.Stage:
-  return train_lib.Stage(
+def make_task(config: ml_collections.ConfigDict) -> trainer_lib.Task:
+  return trainer_lib.Task(
       name="classifier",
       optim=config.evaluation.classifier_optim,
       build_model=lambda rngs: build_model(config, rngs),
@@ -65,9 +66,9 @@ def make_stage(config: ml_collections.ConfigDict) -> train_lib.Stage:
   )
 
 
-def make_reader(config: ml_collections.ConfigDict, state: train_lib.TrainState):
+def make_reader(config: ml_collections.ConfigDict, state: trainer_lib.TrainState):
   """uint8 images [B, S, S, 3] -> ({attribute: int [B]}, features [B, F]), jitted."""
-  model = train_lib.merge_model(train_lib.graphdef_of(make_stage(config)), state)
+  model = trainer_lib.merge_model(trainer_lib.graphdef_of(make_task(config)), state)
 
   @nnx.jit
   def read(model, images_uint8):
@@ -75,7 +76,7 @@ def make_reader(config: ml_collections.ConfigDict, state: train_lib.TrainState):
     return {name: jnp.argmax(value, -1) for name, value in logits.items()}, features
 
   def read_all(images_NxSxSx3: np.ndarray, batch_size: int = 256):
-    return train_lib.map_in_fixed_batches(lambda chunk: read(model, chunk), images_NxSxSx3,
+    return batching.map_in_fixed_batches(lambda chunk: read(model, chunk), images_NxSxSx3,
                                           batch_size=batch_size)
 
   return read_all

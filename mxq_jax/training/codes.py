@@ -12,7 +12,6 @@ number of processes. `on_the_fly` is the alternative that writes nothing.
 """
 
 import glob
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -23,9 +22,9 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from mxq_jax import checkpointing, config_lib, sharding, stage1, train_lib
+from mxq_jax import config_lib, files, sharding
 from mxq_jax.data import pipeline
-from mxq_jax.models import codebooks
+from mxq_jax.training import checkpoints, stage1, trainer as trainer_lib
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "test")
@@ -41,10 +40,10 @@ def storage_dtype(num_codes: int) -> np.dtype:
 
 def make_encode_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
   """Jitted (stage-1 state, {'image', 'tokens', ...}) -> int32 codes [B, N], batch-sharded."""
-  graphdef = train_lib.graphdef_of(stage1.make_stage(config))
+  graphdef = trainer_lib.graphdef_of(stage1.make_task(config))
 
-  def encode(state: train_lib.TrainState, batch) -> jax.Array:
-    return train_lib.merge_model(graphdef, state).encode(batch["image"], batch["tokens"])
+  def encode(state: trainer_lib.TrainState, batch) -> jax.Array:
+    return trainer_lib.merge_model(graphdef, state).encode(batch["image"], batch["tokens"])
 
   return jax.jit(encode, out_shardings=sharding.batch_sharding(mesh))
 
@@ -59,14 +58,8 @@ def is_complete(directory: str) -> bool:
   return os.path.exists(os.path.join(directory, "meta.json"))
 
 
-def _save_npy_atomically(path: str, array: np.ndarray) -> None:
-  tmp = f"{path}.tmp.npy"
-  np.save(tmp, array)
-  os.replace(tmp, path)
-
-
 def encode_splits(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
-                  splits: pipeline.DataSplits, state: train_lib.TrainState,
+                  splits: pipeline.DataSplits, state: trainer_lib.TrainState,
                   stage1_step: int) -> str:
   """Writes the codes of both splits for the stage-1 `state` of `stage1_step`; returns the dir."""
   directory = codes_dir(workdir, stage1_step)
@@ -74,21 +67,21 @@ def encode_splits(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sha
   encode = make_encode_step(config, mesh)
   batch_sharding = sharding.batch_sharding(mesh)
   batch_size = config.vqvae.optim.batch_size
-  dtype = storage_dtype(codebooks.code_vocabulary_size(config))
+  dtype = storage_dtype(config_lib.code_vocabulary_size(config))
   start = time.perf_counter()
   for split in (splits.train, splits.test):
     rows = [local_rows(encode(state, batch))
             for batch in pipeline.eval_batches(split, batch_size, batch_sharding)]
     codes_nxN = np.concatenate(rows)[:split.num_examples].astype(dtype)
     name = f"{split.name}-{jax.process_index():05d}-of-{jax.process_count():05d}.npy"
-    _save_npy_atomically(os.path.join(directory, name), codes_nxN)
+    files.save_npy(os.path.join(directory, name), codes_nxN)
   multihost_utils.sync_global_devices("mxq_jax codes: shards written")
   if jax.process_index() == 0:
-    train_lib.write_json_atomically(os.path.join(directory, "meta.json"), {
+    files.write_json(os.path.join(directory, "meta.json"), {
         "format": FORMAT_VERSION,
         "stage1_step": stage1_step,
         "stage1_signature": stage1.model_signature(config),
-        "num_codes": codebooks.code_vocabulary_size(config),
+        "num_codes": config_lib.code_vocabulary_size(config),
         "seq_len": config_lib.num_joint_codes(config),
         "examples": {split.name: split.num_global for split in (splits.train, splits.test)},
         "num_shards": jax.process_count(),
@@ -101,15 +94,14 @@ def encode_splits(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sha
 
 
 def read_meta(directory: str) -> dict:
-  with open(os.path.join(directory, "meta.json")) as f:
-    return json.load(f)
+  return files.read_json(os.path.join(directory, "meta.json"))
 
 
 def check_matches(directory: str, config: ml_collections.ConfigDict) -> None:
   """Refuses (one line) codes written by another stage-1 model or in another format."""
   meta = read_meta(directory)
   saved = {"format": meta.get("format"), **meta.get("stage1_signature", {})}
-  checkpointing.check_compatible(
+  checkpoints.check_compatible(
       {"signature": saved}, {"format": FORMAT_VERSION, **stage1.model_signature(config)},
       directory)
 
@@ -134,7 +126,7 @@ def load_codes(directory: str, split: str) -> np.ndarray:
 
 
 def on_the_fly(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-               state: train_lib.TrainState, pairs: Iterator[dict]) -> Iterator[dict]:
+               state: trainer_lib.TrainState, pairs: Iterator[dict]) -> Iterator[dict]:
   """Stage-2 batches {'codes', ['valid']} encoded from a stream of stage-1 batches as they come."""
   encode = make_encode_step(config, mesh)
   for batch in pairs:

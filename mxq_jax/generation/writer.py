@@ -1,4 +1,4 @@
-"""Host-side output of `python -m mxq_jax.sample`: directories, PNGs, caption grids, JSONL.
+"""Host-side output of generation: safe output directories, PNGs, caption grids, JSONL.
 
 Nothing here touches JAX; the sampler hands over numpy arrays and strings.
 
@@ -8,7 +8,8 @@ which everything is written; `publish` then renames that into place. A crash bef
 `publish` leaves `outdir` untouched (plus a `*.partial-*` sibling), and `publish` itself only
 renames, so `outdir` ends up holding the old content or the new, never a mix.
 
-`Progress` is a dependency-free progress bar for stderr that stays short in log files.
+`PairWriter` puts these together for a run of generated pairs; `Progress` is a
+dependency-free progress bar for stderr that stays short in log files.
 """
 
 import functools
@@ -288,3 +289,44 @@ class Progress:
     if not self._closed:
       self._closed = True
       self._write(final=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# A run of generated pairs.
+
+
+class PairWriter:
+  """Writes pairs into a staging directory beside `outdir`, then publishes it whole.
+
+  outdir/images/{id:05d}.png (each image), outdir/samples.jsonl (each pair's record, with its
+  "image" path), outdir/grid.png (the first `grid_size` pairs, each image over its caption).
+  """
+
+  @staticmethod
+  def image_name(index: int) -> str:
+    return f"images/{index:05d}.png"
+
+  def __init__(self, outdir: str, *, overwrite: bool, total: int, grid_size: int = 64):
+    self.outdir, self.grid_size = outdir, grid_size
+    self.staging = open_staging_dir(outdir, overwrite)
+    os.makedirs(os.path.join(self.staging, "images"))
+    self.records, self.grid_images, self.grid_captions = [], [], []
+    self.progress = Progress(total, "sample")
+
+  def add_batch(self, images_BxHxWx3: np.ndarray, records: Sequence[dict]) -> None:
+    """One batch of pairs: images[i] is saved at records[i]["image"] (`image_name`)."""
+    for image, record in zip(images_BxHxWx3, records):
+      save_png(os.path.join(self.staging, record["image"]), image)
+      self.records.append(record)
+    take = max(0, min(len(records), self.grid_size - len(self.grid_images)))
+    self.grid_images.extend(images_BxHxWx3[:take])
+    self.grid_captions.extend(record["caption"] for record in records[:take])
+    self.progress.update(len(records))
+
+  def publish(self) -> None:
+    """Writes samples.jsonl and grid.png, then renames the staging directory to `outdir`."""
+    self.progress.close()
+    write_jsonl(os.path.join(self.staging, "samples.jsonl"), self.records)
+    save_png(os.path.join(self.staging, "grid.png"),
+             captioned_grid(np.stack(self.grid_images), self.grid_captions))
+    publish(self.staging, self.outdir)

@@ -17,8 +17,8 @@ is set but wrong stops the run with one line naming the file and what was expect
 from absl import logging
 import numpy as np
 
-from mxq_jax import pair_metrics
-from mxq_jax.metrics import clip, inception, weights_io
+from mxq_jax.evaluation import pair_metrics
+from mxq_jax.evaluation import clip, inception, weights_io
 
 FID_SOURCE = f"pytorch-fid's {inception.WEIGHTS_FILE} (download from {inception.WEIGHTS_URL})"
 CLIP_SOURCE = f"a folder holding {', '.join(clip.FILES)} downloaded from {clip.REPO_URL}"

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mxq_jax.metrics import batching, weights_io
+from mxq_jax.evaluation import batching, weights_io
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
@@ -235,5 +235,6 @@ def features(params: Params, images_uint8_NxHxWx3: np.ndarray, batch_size: int =
 
   The last batch is padded (with copies of its first image) so that one program serves all.
   """
-  return batching.batched(functools.partial(pool_features, params), images_uint8_NxHxWx3,
-                          batch_size)
+  return batching.map_in_fixed_batches(functools.partial(pool_features, params),
+                                       images_uint8_NxHxWx3,
+                                       batch_size=batch_size).astype(np.float64)

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mxq_jax.metrics import batching, weights_io
+from mxq_jax.evaluation import batching, weights_io
 
 REPO_URL = "https://huggingface.co/openai/clip-vit-base-patch32"
 FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt")
@@ -425,13 +425,15 @@ class Clip:
     """Unit-norm embeddings, float64 [N, projection_dim], of uint8 RGB images of any size."""
     fn = lambda batch: image_embeddings(
         self.params, self.config, preprocess(batch, self.config.image_size))
-    return batching.batched(fn, images_uint8_NxHxWx3, batch_size)
+    return batching.map_in_fixed_batches(fn, images_uint8_NxHxWx3,
+                                         batch_size=batch_size).astype(np.float64)
 
   def embed_texts(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
     """Unit-norm embeddings, float64 [N, projection_dim], of texts."""
     tokens_NxL = self.tokenizer(list(texts), self.config.context_length)
     fn = lambda batch: text_embeddings(self.params, self.config, batch)
-    return batching.batched(fn, tokens_NxL, batch_size)
+    return batching.map_in_fixed_batches(fn, tokens_NxL,
+                                         batch_size=batch_size).astype(np.float64)
 
 
 def load(clip_dir: str) -> Clip:

@@ -65,15 +65,20 @@ def latest_step(directory: str) -> int | None:
     manager.close()
 
 
-def check_directory(directory: str, signature: dict) -> None:
-  """Reads (never creates) `directory`'s latest checkpoint record and checks it matches."""
+def read_latest_meta(directory: str) -> dict | None:
+  """The JSON record of `directory`'s latest checkpoint (never creating it), or None."""
   manager = open_read_only(directory)
   if manager is None:
-    return
+    return None
   try:
-    check_compatible(read_meta(manager), signature, directory)
+    return read_meta(manager)
   finally:
     manager.close()
+
+
+def check_directory(directory: str, signature: dict) -> None:
+  """Reads (never creates) `directory`'s latest checkpoint record and checks it matches."""
+  check_compatible(read_latest_meta(directory), signature, directory)
 
 
 # Signature fields added after checkpoints were first written, with the value every older

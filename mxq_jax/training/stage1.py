@@ -1,4 +1,4 @@
-"""Stage 1: the MXQ-VAE objective, its test-split evaluation and previews, as a `Stage`.
+"""Stage 1: the MXQ-VAE objective, its test-split evaluation and previews, as a `trainer.Task`.
 
 Training inputs are masked here, inside the jitted step (image patches zeroed, caption tokens
 replaced by the mask id), and the loss asks for the whole, unmasked pair. Masking on the device
@@ -12,9 +12,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from mxq_jax import masking, train_lib
+from mxq_jax import config_lib
+from mxq_jax.training import masking, trainer as trainer_lib
 from mxq_jax.data import normalization, tokenizer as tokenizer_lib
-from mxq_jax.models import codebooks, mxq_vae
+from mxq_jax.models import mxq_vae
 
 NUM_PREVIEWS = 8  # test pairs shown as original / reconstruction in TensorBoard.
 
@@ -27,7 +28,7 @@ def model_signature(config: ml_collections.ConfigDict) -> dict:
 
 
 def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> mxq_vae.MXQVAE:
-  return mxq_vae.MXQVAE(config, rngs=rngs)
+  return mxq_vae.MXQVAE(config_lib.mxq_vae_config(config), rngs=rngs)
 
 
 # ------------------------------------------------------------------------------ the metrics
@@ -100,7 +101,7 @@ def eval_fn(config: ml_collections.ConfigDict, model: mxq_vae.MXQVAE, batch):
   correct_BxL = jnp.argmax(out.text_logits, axis=-1) == batch["tokens"]
   exact_B = jnp.all(correct_BxL | (batch["tokens"] == tokenizer_lib.PAD_ID), axis=1)
   # Over the code vocabulary: K ids, or 2K with one codebook per modality.
-  histogram_K = jnp.zeros(codebooks.code_vocabulary_size(config), jnp.float32).at[out.codes].add(
+  histogram_K = jnp.zeros(config_lib.code_vocabulary_size(config), jnp.float32).at[out.codes].add(
       jnp.broadcast_to(valid_B[:, None], out.codes.shape))
   return {
       "examples": valid_B.sum(),
@@ -150,9 +151,9 @@ def make_previewer(tokenizer: tokenizer_lib.Tokenizer):
   return write_previews
 
 
-def make_stage(config: ml_collections.ConfigDict,
-               tokenizer: tokenizer_lib.Tokenizer | None = None) -> train_lib.Stage:
-  return train_lib.Stage(
+def make_task(config: ml_collections.ConfigDict,
+              tokenizer: tokenizer_lib.Tokenizer | None = None) -> trainer_lib.Task:
+  return trainer_lib.Task(
       name="stage1",
       optim=config.vqvae.optim,
       build_model=lambda rngs: build_model(config, rngs),

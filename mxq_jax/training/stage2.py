@@ -1,4 +1,4 @@
-"""Stage 2: the prior over joint codes, next-code cross-entropy, as a `Stage` of `train_lib`.
+"""Stage 2: the prior over joint codes, next-code cross-entropy, as a `trainer.Task`.
 
 A batch is {'codes': int32 [B, N]} of the frozen stage-1 model (read from `{workdir}/codes/`, or
 encoded on the fly by `codes.on_the_fly`), in stage-1 order (image grid, then text). The prior
@@ -15,8 +15,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from mxq_jax import config_lib, stage1, train_lib
-from mxq_jax.models import codebooks, prior as prior_lib
+from mxq_jax import config_lib
+from mxq_jax.training import stage1, trainer as trainer_lib
+from mxq_jax.models import prior as prior_lib
 
 
 def model_signature(config: ml_collections.ConfigDict, stage1_step: int) -> dict:
@@ -27,7 +28,7 @@ def model_signature(config: ml_collections.ConfigDict, stage1_step: int) -> dict
   """
   fields = {k: v for k, v in config.prior.to_dict().items()
             if k not in ("optim", "encode_on_the_fly")}
-  return dict(fields, num_codes=codebooks.code_vocabulary_size(config),
+  return dict(fields, num_codes=config_lib.code_vocabulary_size(config),
               seq_len=config_lib.num_joint_codes(config), stage1_step=stage1_step,
               stage1=stage1.model_signature(config))
 
@@ -35,7 +36,7 @@ def model_signature(config: ml_collections.ConfigDict, stage1_step: int) -> dict
 def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> prior_lib.Prior:
   p = config.prior
   return prior_lib.Prior(
-      num_codes=codebooks.code_vocabulary_size(config),
+      num_codes=config_lib.code_vocabulary_size(config),
       seq_len=config_lib.num_joint_codes(config),
       num_layers=p.num_layers, num_heads=p.num_heads, dim=p.dim, mlp_dim=p.mlp_dim,
       dropout=p.dropout, dtype=jnp.dtype(p.dtype), rngs=rngs)
@@ -84,10 +85,10 @@ def summarize_eval(sums: dict[str, np.ndarray], seq_len: int) -> dict[str, float
   }
 
 
-def make_stage(config: ml_collections.ConfigDict, stage1_step: int) -> train_lib.Stage:
+def make_task(config: ml_collections.ConfigDict, stage1_step: int) -> trainer_lib.Task:
   seq_len = config_lib.num_joint_codes(config)
   order_N = config_lib.prior_code_order(config)
-  return train_lib.Stage(
+  return trainer_lib.Task(
       name="stage2",
       optim=config.prior.optim,
       build_model=lambda rngs: build_model(config, rngs),

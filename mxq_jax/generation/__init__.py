@@ -1,0 +1,1 @@
+"""Generation: next-code filters, the jitted KV-cached sampler, and the writer of its pairs."""

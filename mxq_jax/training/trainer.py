@@ -1,0 +1,324 @@
+"""One Trainer for every training task: stage 1 (the MXQ-VAE), stage 2 (the prior), and the
+evaluation's attribute classifier.
+
+A `Task` says what differs between them: how to build the model, its loss, its evaluation.
+Everything else is written once here: the pure `train_step` under `jax.jit` with explicit
+NamedShardings (state donated), AdamW, Orbax checkpoints with exact resumption, clu metric
+writers with `ReportProgress` (steps/s, ETA) and `Profile`, the NaN guard.
+"""
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+
+from mxq_jax import config_lib, files, sharding
+from mxq_jax.training import checkpoints, optimizer as optimizer_lib
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: optimizer steps taken.
+  params: nnx.State  # the nnx.Param variables, trained by the optimizer.
+  opt_state: optax.OptState
+  model_state: nnx.State  # every other variable (e.g. the EMA codebook), updated by the forward.
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """What one training task trains and how it is scored; the Trainer does the rest."""
+  name: str  # subdirectory of the workdir and metric namespace, e.g. "stage1".
+  optim: ml_collections.ConfigDict  # config_lib.optim_config() schema.
+  build_model: Callable[[nnx.Rngs], nnx.Module]
+  # (model, batch, key) -> (scalar loss, scalar metrics); runs inside the jitted train step.
+  loss_fn: Callable[[nnx.Module, Batch, jax.Array], tuple[jax.Array, Metrics]]
+  # (model, batch with a 'valid' mask) -> per-batch sums; jitted; summed over the test split.
+  eval_fn: Callable[[nnx.Module, Batch], Metrics]
+  # host side: summed eval outputs -> scalar metrics.
+  summarize_eval: Callable[[dict[str, np.ndarray]], dict[str, float]]
+  # config fields that fix the shapes of the state; a checkpoint must match them.
+  signature: dict[str, Any]
+  # optional, host side: (model, first eval batch, writer, step) -> writes images or texts.
+  write_previews: Callable[[nnx.Module, Batch, Any, int], None] | None = None
+
+
+# ---------------------------------------------------------------------------------- the state
+
+
+def _init_fn(task: Task, optimizer: optax.GradientTransformation, seed: int):
+  def init() -> TrainState:
+    model = task.build_model(nnx.Rngs(params=seed))
+    _, params, model_state = nnx.split(model, nnx.Param, ...)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=optimizer.init(params), model_state=model_state)
+  return init
+
+
+def graphdef_of(task: Task) -> nnx.GraphDef:
+  """The static structure of the task's model, without allocating its parameters."""
+  abstract_model = nnx.eval_shape(lambda: task.build_model(nnx.Rngs(params=0)))
+  return nnx.split(abstract_model, nnx.Param, ...)[0]
+
+
+def abstract_state(task: Task, mesh: jax.sharding.Mesh, seed: int = 0):
+  """(shape-only state with shardings attached, the shardings) for restore and jit."""
+  shapes = jax.eval_shape(_init_fn(task, optimizer_lib.make_optimizer(task.optim), seed))
+  shardings = sharding.state_shardings(shapes, mesh)
+  with_shardings = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
+  return with_shardings, shardings
+
+
+def init_state(task: Task, seed: int, shardings) -> TrainState:
+  """A fresh state, created directly in its sharded layout (never whole on one device)."""
+  init = _init_fn(task, optimizer_lib.make_optimizer(task.optim), seed)
+  return jax.jit(init, out_shardings=shardings)()
+
+
+def merge_model(graphdef: nnx.GraphDef, state: TrainState) -> nnx.Module:
+  return nnx.merge(graphdef, state.params, state.model_state)
+
+
+def restore_trained(task: Task, workdir: str, mesh: jax.sharding.Mesh,
+                    step: int | None = None) -> tuple[TrainState, int]:
+  """(state, step) of a task's checkpoint (default: latest), for use after training.
+
+  Raises ConfigError (one line) when the checkpoint is missing or of a different model.
+  """
+  directory = checkpoints.checkpoint_dir(workdir, task.name)
+  manager = checkpoints.open_read_only(directory)
+  available = [] if manager is None else list(manager.all_steps())
+  if not available or (step is not None and step not in available):
+    if manager is not None:
+      manager.close()
+    wanted = "no checkpoint" if step is None else f"no checkpoint of step {step}"
+    raise config_lib.ConfigError(
+        f"{directory} holds {wanted} (found: {sorted(available) or 'none'}); train it with "
+        f"`python -m mxq_jax.main --config=... --workdir={workdir}`")
+  step = max(available) if step is None else step
+  try:
+    checkpoints.check_compatible(checkpoints.read_meta(manager, step), task.signature,
+                                 directory)
+    return checkpoints.restore(manager, step, abstract_state(task, mesh)[0]), step
+  finally:
+    manager.close()
+
+
+# ------------------------------------------------------------------------------- the steps
+
+
+def make_train_step(task: Task, mesh: jax.sharding.Mesh, state_shardings):
+  """The jitted, sharded step: (state, batch, key) -> (state, metrics). State is donated."""
+  graphdef = graphdef_of(task)
+  optimizer = optimizer_lib.make_optimizer(task.optim)
+  schedule = optimizer_lib.learning_rate_schedule(task.optim)
+
+  def train_step(state: TrainState, batch: Batch, key: jax.Array):
+    step_key = jax.random.fold_in(key, state.step)
+
+    def objective(params):
+      # copy=True: fresh Variables owned by this trace, so the forward may update them.
+      model = nnx.merge(graphdef, params, state.model_state, copy=True)
+      loss, metrics = task.loss_fn(model, batch, step_key)
+      _, _, model_state = nnx.split(model, nnx.Param, ...)
+      return loss, (metrics, model_state)
+
+    (loss, (metrics, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(
+        state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
+                   learning_rate=schedule(state.step))
+    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                           model_state=model_state)
+    return new_state, metrics
+
+  replicated = sharding.replicated(mesh)
+  return jax.jit(
+      train_step,
+      in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated),
+      out_shardings=(state_shardings, replicated),
+      donate_argnums=0)
+
+
+def make_eval_step(task: Task, mesh: jax.sharding.Mesh, state_shardings):
+  graphdef = graphdef_of(task)
+
+  def eval_step(state: TrainState, batch: Batch) -> Metrics:
+    return task.eval_fn(merge_model(graphdef, state), batch)
+
+  return jax.jit(eval_step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=sharding.replicated(mesh))
+
+
+def _mean_metrics(history: list[dict[str, np.ndarray]]) -> dict[str, float]:
+  return {k: float(np.mean([h[k] for h in history])) for k in history[0]}
+
+
+def flat_hparams(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """A nested config as TensorBoard hparams: dotted keys, scalars as they are, others as str."""
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, Mapping):
+      flat.update(flat_hparams(value, f"{prefix}{key}."))
+    else:
+      scalar = isinstance(value, (bool, int, float, str))
+      flat[f"{prefix}{key}"] = value if scalar else str(value)
+  return flat
+
+
+# -------------------------------------------------------------------------------- the trainer
+
+
+class Trainer:
+  """Trains one `Task` to `task.optim.num_steps`, resuming from its latest checkpoint.
+
+  Built once per task; holds what every step shares: the graph definition, the state's
+  shardings, the jitted train and eval steps. `fit` opens the checkpoint manager and the
+  writer of `{workdir}/{task.name}`, and closes them when it returns.
+  """
+
+  def __init__(self, task: Task, *, workdir: str, mesh: jax.sharding.Mesh, seed: int,
+               hparams: Mapping[str, Any] | None = None):
+    self.task, self.mesh, self.seed = task, mesh, seed
+    self.hparams = hparams
+    self.directory = os.path.join(workdir, task.name)
+    self.checkpoint_dir = checkpoints.checkpoint_dir(workdir, task.name)
+    self.metrics_path = os.path.join(self.directory, "eval_metrics.json")
+    self.graphdef = graphdef_of(task)
+    self.abstract_state, self.state_shardings = abstract_state(task, mesh, seed)
+    self.train_step = make_train_step(task, mesh, self.state_shardings)
+    self.eval_step = make_eval_step(task, mesh, self.state_shardings)
+    self.key = jax.random.key(seed)
+
+  def evaluate(self, state: TrainState, batches: Iterator[Batch]) -> dict[str, float]:
+    """Sums the eval step over one pass of `batches` and summarizes on the host."""
+    totals = None
+    for batch in batches:
+      sums = self.eval_step(state, batch)
+      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    if totals is None:
+      raise ValueError(f"{self.task.name}: the evaluation split is empty")
+    return self.task.summarize_eval(jax.device_get(totals))
+
+  def fit(self, train_batches: Callable[[int], Iterator[Batch]],
+          eval_batches: Callable[[], Iterator[Batch]] | None = None
+          ) -> tuple[TrainState, dict[str, float]]:
+    """(final state, final test metrics, also in eval_metrics.json; {} without eval_batches).
+
+    `train_batches(start_step)` must yield the batches a fresh iterator yields from
+    `start_step` on: the step number is the whole data-iterator state a checkpoint stores.
+    """
+    task, optim = self.task, self.task.optim
+    manager = checkpoints.make_manager(self.checkpoint_dir, optim.keep_checkpoints)
+    checkpoints.check_compatible(checkpoints.read_meta(manager), task.signature,
+                                 self.directory)
+    state = self._restore_or_init(manager)
+    start = int(state.step)
+    if start >= optim.num_steps:
+      logging.info("%s: already trained (%d/%d steps); nothing to do", task.name, start,
+                   optim.num_steps)
+      manager.close()
+      return state, files.read_json(self.metrics_path)
+
+    from clu import metric_writers, periodic_actions  # clu's writers import TensorFlow.
+    writer = metric_writers.create_default_writer(
+        self.directory, just_logging=jax.process_index() > 0, asynchronous=True)
+    if self.hparams is not None and start == 0:
+      writer.write_hparams(flat_hparams(self.hparams))
+    progress = periodic_actions.ReportProgress(
+        num_train_steps=optim.num_steps, writer=writer, every_steps=optim.log_every,
+        every_secs=None)
+    hooks = [progress]
+    if optim.profile_steps:
+      hooks.append(periodic_actions.Profile(
+          logdir=self.directory, num_profile_steps=optim.profile_steps,
+          first_profile=start + optim.profile_first_step, every_secs=None))
+
+    final_metrics = {}
+    batches = train_batches(start)
+    history, pending = [], None  # pending: the step in flight, fetched after the next dispatch.
+    logging.info("%s: training steps %d..%d", task.name, start, optim.num_steps)
+    for step in range(start + 1, optim.num_steps + 1):
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        state, metrics = self.train_step(state, next(batches), self.key)
+      if pending is not None:
+        history.append(jax.device_get(pending))
+      pending = metrics
+      for hook in hooks:
+        hook(step)
+      is_last = step == optim.num_steps
+      will_save = step % optim.checkpoint_every == 0 or is_last
+      # Also before every save, so that no NaN state is ever checkpointed.
+      if step % optim.log_every == 0 or will_save:
+        history, pending = history + [jax.device_get(pending)], None
+        self._log_train(step, _mean_metrics(history), writer, manager)
+        history = []
+      if eval_batches is not None and (is_last or (
+          optim.eval_every and step % optim.eval_every == 0)):
+        with progress.timed("eval"):
+          final_metrics = self._run_eval(state, step, eval_batches, writer)
+      if will_save:
+        with progress.timed("checkpoint"):
+          checkpoints.save(manager, step, state, {"stage": task.name,
+                                                  "signature": task.signature})
+
+    # Flush TensorBoard's writer before the input pipeline is torn down: tearing down a tf.data
+    # iterator while TensorFlow's summary writer holds unflushed events stalled for 10-30 s.
+    writer.flush()
+    if hasattr(batches, "close"):  # a generator: stop its prefetching now, not at garbage time.
+      batches.close()
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+    return state, final_metrics
+
+  def _restore_or_init(self, manager) -> TrainState:
+    latest = manager.latest_step()
+    if latest is None:
+      state = init_state(self.task, self.seed, self.state_shardings)
+    else:
+      state = checkpoints.restore(manager, latest, self.abstract_state)
+      logging.info("%s: resumed from the checkpoint of step %d", self.task.name, latest)
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    logging.info("%s: %s parameters, mesh %s", self.task.name, f"{num_params:,}",
+                 dict(self.mesh.shape))
+    return state
+
+  def _log_train(self, step: int, scalars: dict[str, float], writer, manager) -> None:
+    """Writes the mean training metrics since the last log; stops on a non-finite loss."""
+    name, optim = self.task.name, self.task.optim
+    if not math.isfinite(scalars["loss"]):
+      manager.wait_until_finished()
+      raise FloatingPointError(
+          f"{name}: the loss is {scalars['loss']} at step {step}; lower "
+          f"config.*.optim.learning_rate (now {optim.learning_rate}) and rerun: training "
+          f"resumes from the last good checkpoint (step {manager.latest_step()})")
+    writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
+    logging.info("%s: step %d/%d (%.0f%%) loss %.4f", name, step, optim.num_steps,
+                 100 * step / optim.num_steps, scalars["loss"])
+
+  def _run_eval(self, state: TrainState, step: int, eval_batches, writer) -> dict[str, float]:
+    scalars = self.evaluate(state, eval_batches())
+    if jax.process_index() == 0:
+      files.write_json(self.metrics_path, dict(scalars, step=step))
+    writer.write_scalars(step, {f"eval/{k}": v for k, v in scalars.items()})
+    if self.task.write_previews is not None:
+      self.task.write_previews(merge_model(self.graphdef, state), next(eval_batches()), writer,
+                               step)
+    logging.info("%s: eval at step %d: %s", self.task.name, step,
+                 ", ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
+    return dict(scalars, step=step)
