@@ -23,16 +23,13 @@ from mxq_jax import config_lib
 
 common = config_lib.load_beside(__file__, "common")  # configs/common.py: the size tables.
 
-# What each `:ARG` applies last: smoke is a tiny model at 16 px and a few steps.
-VARIANTS = {"default": {}, "smoke": common.PHOTO_SMOKE_SIZES}
+# This dataset's fields, applied over common.PHOTO_DATASET.
+DATASET = {
+    "data.name": "coco",
+    "data.vocab_size": 8_192,  # COCO's open vocabulary (~25k words).
+    "data.coco_year": 2014,
+}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = config_lib.parse_variant(arg, allowed=tuple(VARIANTS))
-  config = config_lib.base_config()
-  config_lib.apply_table(config, common.PHOTO_DATASET)  # 128 px, 80 tokens, 276 codes.
-  config.data.name = "coco"
-  config.data.vocab_size = 8_192  # COCO's open vocabulary (~25k words).
-  config.data.coco_year = 2014
-  config_lib.apply_table(config, VARIANTS[variant])
-  return config
+  return common.photo_config(arg, DATASET)

@@ -119,3 +119,19 @@ PHOTO_SMOKE_SIZES = {
     **SMOKE_SIZES,
     "data.vocab_size": 48,  # few enough pieces for a few dozen captions to fill.
 }
+
+
+# ------------------------------------------------------------------------- photo datasets
+
+PHOTO_VARIANTS = {"default": {}, "smoke": PHOTO_SMOKE_SIZES}  # what each `:ARG` applies last.
+
+
+def photo_config(arg: str | None, dataset_fields: dict):
+  """cub, flowers, coco: `base_config()`, PHOTO_DATASET (128 px, 80 tokens, 276 codes), the
+  dataset's own fields, then the `:ARG` variant (smoke: a tiny model at 16 px, a few steps)."""
+  from mxq_jax import config_lib  # pylint: disable=g-import-not-at-top
+  variant = config_lib.parse_variant(arg, allowed=tuple(PHOTO_VARIANTS))
+  config = config_lib.base_config()
+  for table in (PHOTO_DATASET, dataset_fields, PHOTO_VARIANTS[variant]):
+    config_lib.apply_table(config, table)
+  return config

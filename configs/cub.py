@@ -28,17 +28,14 @@ from mxq_jax import config_lib
 
 common = config_lib.load_beside(__file__, "common")  # configs/common.py: the size tables.
 
-# What each `:ARG` applies last: smoke is a tiny model at 16 px and a few steps.
-VARIANTS = {"default": {}, "smoke": common.PHOTO_SMOKE_SIZES}
+# This dataset's fields, applied over common.PHOTO_DATASET.
+DATASET = {
+    "data.name": "cub",
+    "data.vocab_size": 2_048,  # unigram pieces over ~60k bird captions (~5k words).
+    "data.split": "official",  # 5,994 train / 5,794 test images; "class": 150 / 50 classes.
+    "data.crop_to_bbox": False,
+}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = config_lib.parse_variant(arg, allowed=tuple(VARIANTS))
-  config = config_lib.base_config()
-  config_lib.apply_table(config, common.PHOTO_DATASET)  # 128 px, 80 tokens, 276 codes.
-  config.data.name = "cub"
-  config.data.vocab_size = 2_048  # unigram pieces over ~60k bird captions (~5k words).
-  config.data.split = "official"  # 5,994 train / 5,794 test images; "class": 150 / 50 classes.
-  config.data.crop_to_bbox = False
-  config_lib.apply_table(config, VARIANTS[variant])
-  return config
+  return common.photo_config(arg, DATASET)

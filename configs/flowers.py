@@ -26,16 +26,13 @@ from mxq_jax import config_lib
 
 common = config_lib.load_beside(__file__, "common")  # configs/common.py: the size tables.
 
-# What each `:ARG` applies last: smoke is a tiny model at 16 px and a few steps.
-VARIANTS = {"default": {}, "smoke": common.PHOTO_SMOKE_SIZES}
+# This dataset's fields, applied over common.PHOTO_DATASET.
+DATASET = {
+    "data.name": "flowers",
+    "data.vocab_size": 2_048,  # unigram pieces over ~80k flower captions.
+    "data.split": "official",
+}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = config_lib.parse_variant(arg, allowed=tuple(VARIANTS))
-  config = config_lib.base_config()
-  config_lib.apply_table(config, common.PHOTO_DATASET)  # 128 px, 80 tokens, 276 codes.
-  config.data.name = "flowers"
-  config.data.vocab_size = 2_048  # unigram pieces over ~80k flower captions.
-  config.data.split = "official"
-  config_lib.apply_table(config, VARIANTS[variant])
-  return config
+  return common.photo_config(arg, DATASET)

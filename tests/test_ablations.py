@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from mxq_jax import ablations, config_lib, run
+from mxq_jax import ablation_lib as ablations, config_lib, run
 from conftest import REPO, load_config
 
 

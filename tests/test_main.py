@@ -57,7 +57,8 @@ def test_main_trains_both_stages(trained_workdir):
   assert 0.0 <= metrics["token_accuracy"] <= 1.0 and metrics["psnr"] > 0
   prior_metrics = json.loads((workdir / "stage2" / "eval_metrics.json").read_text())
   assert prior_metrics["step"] == 6 and prior_metrics["examples"] == 64
-  assert 0 < prior_metrics["nll_per_code"] < 2 * np.log(32)  # random guessing: log K.
+  # Below uniform guessing (log K nats): six steps already learn the codes' marginals.
+  assert 0 < prior_metrics["nll_per_code"] < np.log(32)
   for stage in ("stage1", "stage2"):
     assert sorted(os.listdir(workdir / stage / "checkpoints")) == ["3", "6"]
     assert list((workdir / stage).glob("events.out.tfevents*"))
@@ -158,7 +159,7 @@ def test_sample_writes_pairs_and_refuses_to_overwrite(trained_workdir, tmp_path)
 def test_sample_refuses_bad_settings(tmp_path, flag, message):
   result = run_sample(f"--workdir={tmp_path}", f"--outdir={tmp_path / 'out'}", flag)
   assert result.returncode == 1
-  assert last_line(result) == f"mxq_jax: error: {message}" or message in last_line(result)
+  assert last_line(result).startswith(f"mxq_jax: error: {message}")
   assert "Traceback" not in result.stderr
   assert not (tmp_path / "out").exists()
 

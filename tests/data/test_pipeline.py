@@ -137,7 +137,7 @@ def test_train_batches_deterministic_per_seed(sharding):
 
 
 @pytest.mark.parametrize("n,shuffle_buffer,start_step", [(40, None, 7), (44, None, 6),
-                                                         (44, 10, 11), (44, None, 0)])
+                                                         (44, 10, 11), (88, None, 11)])
 def test_train_batches_resume_exactly(sharding, n, shuffle_buffer, start_step):
   # 44 examples, 8 per batch: batches straddle epochs and resume lands mid-epoch.
   split = _synthetic_split(n)

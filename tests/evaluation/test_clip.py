@@ -8,7 +8,7 @@ from PIL import Image
 
 import weight_files
 from mxq_jax import config_lib
-from mxq_jax.metrics import clip
+from mxq_jax.evaluation import clip
 
 # Token ids of OpenAI's tokenizer (the first is the one Hugging Face's docs show).
 KNOWN_IDS = {

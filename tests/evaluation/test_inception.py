@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import weight_files
-from mxq_jax import config_lib, pair_metrics
-from mxq_jax.metrics import inception, real_data, weights_io
+from mxq_jax import config_lib
+from mxq_jax.evaluation import inception, pair_metrics, real_data, weights_io
 
 
 @pytest.fixture(scope="module")

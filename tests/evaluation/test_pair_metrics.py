@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from mxq_jax import pair_metrics
+from mxq_jax.evaluation import pair_metrics
 from mxq_jax.data import caption_attributes as attrs
-from mxq_jax.evaluate import _label_ids
+from mxq_jax.evaluation.evaluator import label_ids as _label_ids
 
 NUM_CLASSES = {"digit": 10, "color": 8, "position": 5, "size": 2}
 

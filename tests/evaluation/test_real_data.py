@@ -7,7 +7,7 @@ import pytest
 
 import weight_files
 from mxq_jax import config_lib
-from mxq_jax.metrics import clip, inception, real_data
+from mxq_jax.evaluation import clip, inception, real_data
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
 CAPTIONS = ["a photo of a cat", "this bird's beak is short"]

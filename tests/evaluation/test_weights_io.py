@@ -13,7 +13,7 @@ import pytest
 
 import weight_files
 from mxq_jax import config_lib
-from mxq_jax.metrics import weights_io
+from mxq_jax.evaluation import weights_io
 
 
 def mixed_state_dict() -> dict[str, np.ndarray]:

@@ -147,7 +147,7 @@ def write_pth(path: str, state_dict: dict, legacy: bool = False) -> None:
 
 def random_inception_state_dict(seed: int = 0) -> dict[str, np.ndarray]:
   """Every tensor of pytorch-fid's file, in its names and shapes, with He-scaled random convs."""
-  from mxq_jax.metrics import inception
+  from mxq_jax.evaluation import inception
   rng = np.random.default_rng(seed)
   state = {}
   for name, (out, cin, kh, kw) in inception.conv_shapes().items():
@@ -179,7 +179,7 @@ def tiny_clip_config(width: int = 64, layers: int = 2, heads: int = 2) -> dict:
 
 def random_clip_tensors(config: dict, seed: int = 0) -> dict[str, np.ndarray]:
   """Every tensor of Hugging Face's CLIPModel for `config`, in its names and shapes."""
-  from mxq_jax.metrics import clip
+  from mxq_jax.evaluation import clip
   rng = np.random.default_rng(seed)
   tensors = {}
   for name, shape in clip.expected_shapes(clip.config_from_json(config)).items():
@@ -198,7 +198,7 @@ def random_clip_tensors(config: dict, seed: int = 0) -> dict[str, np.ndarray]:
 def write_clip_dir(folder: str, config: dict, tensors: dict[str, np.ndarray],
                    vocab: dict[str, int], merges: list[str]) -> str:
   """A folder laid out as huggingface.co/openai/clip-vit-base-patch32 ships it."""
-  from mxq_jax.metrics import weights_io
+  from mxq_jax.evaluation import weights_io
   os.makedirs(folder, exist_ok=True)
   with open(os.path.join(folder, "config.json"), "w") as f:
     json.dump(config, f)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mxq_jax import sampling
+from mxq_jax.generation import filters as sampling
 
 PROBS = np.array([0.05, 0.5, 0.15, 0.3], np.float32)  # sorted: 1 (.5), 3 (.3), 2 (.15), 0 (.05).
 LOGITS = jnp.log(jnp.asarray(PROBS))[None]

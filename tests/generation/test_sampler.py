@@ -1,12 +1,16 @@
 """The jitted sampler: cache vs. no cache, determinism, ranges, sharding, no recompilation."""
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from mxq_jax import config_lib, sampler, sharding, stage1, stage2, train_lib
+from mxq_jax import config_lib, sharding
+from mxq_jax.generation import sampler
+from mxq_jax.training import stage1, stage2, trainer as train_lib
 from conftest import load_config
 
 BATCH = 16
@@ -17,9 +21,9 @@ def setup():
   config = load_config("synthetic", "smoke")
   mesh = sharding.make_mesh(config.mesh)  # all 8 fake devices on the batch axis.
   states = []
-  for stage in (stage2.make_stage(config, stage1_step=0), stage1.make_stage(config)):
-    _, shardings = train_lib.abstract_state(stage, mesh)
-    states.append(sampler.variables_of(train_lib.init_state(stage, 0, shardings)))
+  for task in (stage2.make_task(config, stage1_step=0), stage1.make_task(config)):
+    _, shardings = train_lib.abstract_state(task, mesh)
+    states.append(sampler.variables_of(train_lib.init_state(task, 0, shardings)))
   # A random prior is nearly uniform; sharpen its head so that samples depend on the prefix.
   params = states[0][0]
   params["head"]["kernel"][...] = params["head"]["kernel"][...] * 50.0
@@ -83,13 +87,36 @@ def test_image_temperature_applies_to_the_image_codes_only(setup):
   np.testing.assert_array_equal(draw(3, 0.7, 0.7), draw(3, 0.7))  # equal: as if not given.
 
 
+@contextlib.contextmanager
+def traces_of(function_name: str):
+  """The list of times `function_name` is traced by jit while the block runs (jax.monitoring)."""
+  traced = []
+
+  def listener(event: str, duration: float, **kwargs) -> None:
+    del duration
+    if event == "/jax/core/compile/jaxpr_trace_duration" and kwargs.get("fun_name") == (
+        function_name):
+      traced.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield traced
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
 def test_new_key_and_settings_reuse_the_compiled_program(setup):
   config, mesh, prior_vars, vae_vars = setup
   fn = sampler.make_sampler(config, mesh, batch_size=BATCH, top_k=10)
-  for seed, top_p, temperature in [(0, 1.0, 1.0), (1, 0.9, 1.0), (2, 0.5, 0.7)]:
-    jax.block_until_ready(fn(prior_vars, vae_vars, jax.random.key(seed), jnp.float32(top_p),
-                             jnp.float32(temperature)))
-  assert fn._cache_size() == 1
+  with traces_of("sample") as traced:
+    for seed, top_p, temperature in [(0, 1.0, 1.0), (1, 0.9, 1.0), (2, 0.5, 0.7)]:
+      jax.block_until_ready(fn(prior_vars, vae_vars, jax.random.key(seed), jnp.float32(top_p),
+                               jnp.float32(temperature)))
+  assert len(traced) == 1  # traced (and compiled) for the first call only.
+  with traces_of("sample") as traced:  # the listener sees a new program: it can fail.
+    sampler.make_sampler(config, mesh, batch_size=2 * BATCH, top_k=10)(
+        prior_vars, vae_vars, jax.random.key(0), jnp.float32(1.0), jnp.float32(1.0))
+  assert len(traced) == 1
 
 
 def test_batch_is_sharded_and_matches_one_device(setup):
@@ -120,10 +147,10 @@ def test_text_first_prior_codes_come_back_in_stage1_order(setup):
                                 np.arange(num_image, config_lib.num_joint_codes(config)))
   out = sampler.make_sampler(config, mesh, batch_size=BATCH, top_k=10)(
       prior_vars, vae_vars, jax.random.key(4), 1.0, 1.0)
-  prior = nnx.merge(train_lib.graphdef_of(stage2.make_stage(config, 0)), *prior_vars)
+  prior = nnx.merge(train_lib.graphdef_of(stage2.make_task(config, 0)), *prior_vars)
   in_prior_order = sampler.generate_codes(prior, jax.random.key(4), BATCH, top_k=10, top_p=1.0,
                                           temperature=1.0)
   np.testing.assert_array_equal(np.asarray(out["codes"])[:, order], in_prior_order)
   images, tokens = sampler.decode_pairs(
-      nnx.merge(train_lib.graphdef_of(stage1.make_stage(config)), *vae_vars), out["codes"])
+      nnx.merge(train_lib.graphdef_of(stage1.make_task(config)), *vae_vars), out["codes"])
   np.testing.assert_array_equal(out["tokens"], tokens)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mxq_jax import sample_writer as sw
+from mxq_jax.generation import writer as sw
 
 
 def _listing(path) -> list[str]:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mxq_jax import ablations, config_lib, sharding
+from mxq_jax import ablation_lib as ablations, config_lib, sharding
 from mxq_jax.models.mxq_vae import MXQVAE
 from mxq_jax.training import checkpoints, codes as codes_lib, stage1, stage2, trainer
 from conftest import load_config

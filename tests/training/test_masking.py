@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mxq_jax import masking
+from mxq_jax.training import masking
 
 PAD, UNK, BOS, EOS, MASK = 0, 1, 2, 3, 4
 

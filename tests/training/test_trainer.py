@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mxq_jax import checkpointing, config_lib, sharding, stage1, train_lib
+from mxq_jax import config_lib, sharding
+from mxq_jax.training import checkpoints as checkpointing, stage1, trainer as train_lib
 from conftest import load_config
 
 
@@ -16,7 +17,7 @@ def place(batch, mesh):
 
 
 def run_steps(config, mesh, batch, num_steps: int):
-  stage = stage1.make_stage(config)
+  stage = stage1.make_task(config)
   _, shardings = train_lib.abstract_state(stage, mesh, config.seed)
   state = train_lib.init_state(stage, config.seed, shardings)
   step = train_lib.make_train_step(stage, mesh, shardings)
@@ -72,17 +73,23 @@ def test_sharded_step_matches_one_device(data, fsdp, monkeypatch):
     assert any("fsdp" in spec for spec in specs), specs
 
 
+def fit_stage1(config, workdir: str, mesh, train_batches):
+  """Stage 1 trained by the Trainer from `train_batches`: (state, test metrics)."""
+  trainer = train_lib.Trainer(stage1.make_task(config), workdir=workdir, mesh=mesh, seed=0)
+  return trainer.fit(train_batches)
+
+
 def test_checkpoint_restore_and_continue(tmp_path):
   config = load_config("synthetic", "smoke")
   config.vqvae.optim.update(num_steps=4, checkpoint_every=2, log_every=2)
   mesh = sharding.make_mesh(config.mesh)
   batch = stage1.random_batch(config, config.vqvae.optim.batch_size)
   batches = lambda start: iter([place(batch, mesh)] * 100)
-  stage = stage1.make_stage(config)
+  stage = stage1.make_task(config)
   workdir = str(tmp_path)
 
-  state, _ = train_lib.train_stage(stage, workdir=workdir, mesh=mesh, seed=0,
-                                  train_batches=batches)
+  state, _ = train_lib.Trainer(stage, workdir=workdir, mesh=mesh, seed=0).fit(
+      batches)
   assert int(state.step) == 4
   manager = checkpointing.make_manager(os.path.join(workdir, "stage1", "checkpoints"), 2)
   assert manager.all_steps() == [2, 4]
@@ -98,8 +105,7 @@ def test_checkpoint_restore_and_continue(tmp_path):
   def recording_batches(start):
     starts.append(start)
     return batches(start)
-  state, _ = train_lib.train_stage(stage1.make_stage(config), workdir=workdir, mesh=mesh, seed=0,
-                                train_batches=recording_batches)
+  state, _ = fit_stage1(config, workdir, mesh, recording_batches)
   assert starts == [4] and int(state.step) == 6
 
 
@@ -108,14 +114,12 @@ def test_incompatible_checkpoint_is_refused_and_nothing_written(tmp_path):
   config.vqvae.optim.update(num_steps=2, checkpoint_every=2)
   mesh = sharding.make_mesh(config.mesh)
   batch = stage1.random_batch(config, config.vqvae.optim.batch_size)
-  train_lib.train_stage(stage1.make_stage(config), workdir=str(tmp_path), mesh=mesh, seed=0,
-                        train_batches=lambda start: iter([place(batch, mesh)] * 10))
+  fit_stage1(config, str(tmp_path), mesh, lambda start: iter([place(batch, mesh)] * 10))
   before = sorted(str(p) + str(p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
 
   config.vqvae.embed_dim = 32
   with pytest.raises(config_lib.ConfigError, match="embed_dim: checkpoint 16 vs config 32"):
-    train_lib.train_stage(stage1.make_stage(config), workdir=str(tmp_path), mesh=mesh, seed=0,
-                          train_batches=lambda start: iter([]))
+    fit_stage1(config, str(tmp_path), mesh, lambda start: iter([]))
   after = sorted(str(p) + str(p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
   assert before == after
 
@@ -127,8 +131,7 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path):
   batch = stage1.random_batch(config, config.vqvae.optim.batch_size)
   batch["image"][:] = np.nan
   with pytest.raises(FloatingPointError, match="the loss is nan at step 1"):
-    train_lib.train_stage(stage1.make_stage(config), workdir=str(tmp_path), mesh=mesh, seed=0,
-                          train_batches=lambda start: iter([place(batch, mesh)] * 10))
+    fit_stage1(config, str(tmp_path), mesh, lambda start: iter([place(batch, mesh)] * 10))
   manager = checkpointing.make_manager(str(tmp_path / "stage1" / "checkpoints"), 2)
   assert manager.latest_step() is None  # no NaN state was checkpointed.
 
@@ -148,15 +151,11 @@ def test_psnr_and_text_accuracy_on_known_cases():
   assert float(accuracy) == pytest.approx(0.75)  # pads are ignored; 3 of 4 real tokens.
 
 
-def test_map_in_fixed_batches_pads_to_one_shape_and_trims():
-  shapes = []
-
-  def fn(a, b):
-    shapes.append(a.shape)
-    return {"sum": a + b[:, 0]}, a * 2
-
-  a, b = np.arange(10), np.arange(20).reshape(10, 2)
-  out, doubled = train_lib.map_in_fixed_batches(fn, a, b, batch_size=4)
-  np.testing.assert_array_equal(out["sum"], a + b[:, 0])
-  np.testing.assert_array_equal(doubled, a * 2)
-  assert shapes == [(4,)] * 3  # the last chunk of 2 was padded to 4.
+def test_a_profile_is_written_when_the_config_asks_for_one(tmp_path):
+  config = load_config("synthetic", "smoke")
+  config.vqvae.optim.update(num_steps=4, profile_steps=2, profile_first_step=1)
+  mesh = sharding.make_mesh(config.mesh)
+  batch = stage1.random_batch(config, config.vqvae.optim.batch_size)
+  fit_stage1(config, str(tmp_path), mesh, lambda start: iter([place(batch, mesh)] * 10))
+  traces = list((tmp_path / "stage1").rglob("*.xplane.pb"))
+  assert traces, sorted(str(p) for p in (tmp_path / "stage1").rglob("*"))
