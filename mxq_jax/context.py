@@ -43,9 +43,12 @@ class RunContext:
       return self.data.tokenizer
     return tokenizer_lib.Tokenizer.load(os.path.join(self.workdir, "tokenizer.model"))
 
-  def stage1_task(self, with_previews: bool = False) -> trainer_lib.Task:
-    return stage1.make_task(self.config, self.data.tokenizer if with_previews else None)
+  @functools.cached_property
+  def stage1_task(self) -> trainer_lib.Task:
+    """The MXQ-VAE's task, for restoring and using it (training adds previews)."""
+    return stage1.make_task(self.config)
 
+  @functools.cached_property
   def stage2_task(self) -> trainer_lib.Task:
     return stage2.make_task(self.config, self.stage1_step)
 
@@ -60,10 +63,10 @@ class RunContext:
     return self.states[task.name]
 
   def stage1_state(self) -> trainer_lib.TrainState:
-    return self.state(self.stage1_task(), self.stage1_step)
+    return self.state(self.stage1_task, self.stage1_step)
 
   def prior_state(self) -> trainer_lib.TrainState:
-    return self.state(self.stage2_task())
+    return self.state(self.stage2_task)
 
   def prior_step(self) -> int:
     """The step of the prior the pairs come from: kept by this run, else the latest (0: none)."""

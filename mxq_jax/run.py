@@ -20,7 +20,7 @@ from mxq_jax import config_lib, context as context_lib, files, sharding
 from mxq_jax.data import pipeline
 from mxq_jax.evaluation import evaluator
 from mxq_jax.generation import generate
-from mxq_jax.training import checkpoints, codes as codes_lib, trainer as trainer_lib
+from mxq_jax.training import checkpoints, codes as codes_lib, stage1, trainer as trainer_lib
 
 RunContext = context_lib.RunContext
 TRAINED_STAGES = ("stage1", "stage2")  # the stages with test-split metrics.
@@ -69,7 +69,7 @@ def train_stage1(context: RunContext) -> dict[str, float]:
   config, splits = context.config, context.data
   batch_size, batch_sharding = config.vqvae.optim.batch_size, sharding.batch_sharding(context.mesh)
   return _fit(
-      context, context.stage1_task(with_previews=True), config.seed,
+      context, stage1.make_task(config, splits.tokenizer), config.seed,  # with previews.
       train_batches=lambda start: pipeline.train_batches(
           splits.train, batch_size, config.seed, start, batch_sharding,
           **pipeline.train_options(config.data)),
@@ -108,7 +108,7 @@ def _prior_batches(context: RunContext, seed: int) -> tuple[Callable, Callable]:
 def train_stage2(context: RunContext) -> dict[str, float]:
   """The prior over the stage-1 codes; scored by its test-split NLL."""
   seed = context.config.seed + 1  # its own data order and dropout, not stage 1's.
-  return _fit(context, context.stage2_task(), seed, *_prior_batches(context, seed))
+  return _fit(context, context.stage2_task, seed, *_prior_batches(context, seed))
 
 
 def evaluate(context: RunContext) -> dict[str, float]:

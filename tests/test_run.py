@@ -40,7 +40,8 @@ def test_a_fresh_workdir_runs_every_stage_in_order_with_one_context(tmp_path, re
   assert recorded[0][1].stage1_step == config.vqvae.optim.num_steps
   assert results == {"stage1": {"ran": "stage1"}, "stage2": {"ran": "stage2"},
                      "evaluate": {"ran": "evaluate"}}
-  assert json.loads((tmp_path / "w" / "config.json").read_text()) == config.to_dict()
+  written = config_lib.from_json_file(str(tmp_path / "w" / "config.json"))
+  assert written.to_dict() == config.to_dict()
 
 
 def test_only_the_selected_stages_run(tmp_path, recorded):

@@ -68,7 +68,7 @@ def make_task(config: ml_collections.ConfigDict) -> trainer_lib.Task:
 
 def make_reader(config: ml_collections.ConfigDict, state: trainer_lib.TrainState):
   """uint8 images [B, S, S, 3] -> ({attribute: int [B]}, features [B, F]), jitted."""
-  model = trainer_lib.merge_model(trainer_lib.graphdef_of(make_task(config)), state)
+  model = trainer_lib.merge_model(make_task(config).graphdef, state)
 
   @nnx.jit
   def read(model, images_uint8):

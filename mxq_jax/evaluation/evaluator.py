@@ -1,8 +1,8 @@
 r"""Scores generated pairs: the library behind `python -m mxq_jax.evaluate` and the evaluate stage.
 
-OUT is a directory written by `python -m mxq_jax.sample` (or the evaluate stage). The figures go to OUT/metrics.json
-(replaced on every run: it is derived from OUT), to stdout, and to TensorBoard under
-DIR/evaluate (tagged generated/NAME, at the prior's step). On every dataset:
+OUT is a directory written by `python -m mxq_jax.sample` (or the evaluate stage). The figures
+go to OUT/metrics.json (replaced on every run: it is derived from OUT), to stdout, and to
+TensorBoard under DIR/evaluate (tagged generated/NAME, at the prior's step). On every dataset:
 
   novelty             captions that are not copies of a training caption (first captions)
   stage1_test_*       stage 1's own test metrics (PSNR, token accuracy, codebook usage and
@@ -152,8 +152,7 @@ def stage1_reconstruction_agreement(context: context_lib.RunContext, read) -> di
   cross-modally: the image rebuilt from the caption alone (from_caption_image_{attr}_kept) and
   the caption from the image alone (from_image_caption_{attr}_kept).
   """
-  task = context.stage1_task()
-  model = trainer_lib.merge_model(trainer_lib.graphdef_of(task), context.stage1_state())
+  model = trainer_lib.merge_model(context.stage1_task.graphdef, context.stage1_state())
   test = context.data.test
   result = {}
   for condition, prefix in RECONSTRUCTIONS.items():

@@ -1,8 +1,8 @@
 """Generation: ancestral sampling of joint codes from the prior, decoded to pixels and tokens.
 
 `make_sampler` compiles ONE program from (prior variables, stage-1 variables, key, top_p,
-temperature, image_temperature) to codes, uint8 images and token ids: a `lax.scan` over the N code positions with
-an explicit KV cache, then the codebook look-up and both cross decoders. The batch is sharded
+temperature, image_temperature) to codes, uint8 images and token ids: a `lax.scan` over the N
+code positions with an explicit KV cache, then the codebook look-up and both cross decoders. The batch is sharded
 over the mesh's batch axes; top-k and the batch size fix shapes (static), everything else is
 traced, so a new key or a new top_p / temperature reuses the compiled program. The image
 codes may take their own temperature: a pair's content is mostly decided by its caption codes
@@ -103,8 +103,8 @@ def make_sampler(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
   baseline; `unroll`: for cost analysis only.
   """
   config_lib.check_divisible_batch(batch_size, mesh.devices.size, "batch_size")
-  prior_graphdef = trainer_lib.graphdef_of(stage2.make_task(config, stage1_step=0))
-  vae_graphdef = trainer_lib.graphdef_of(stage1.make_task(config))
+  prior_graphdef = stage2.make_task(config, stage1_step=0).graphdef
+  vae_graphdef = stage1.make_task(config).graphdef
   batch_sharding = sharding.batch_sharding(mesh)
   constrain = lambda x: jax.lax.with_sharding_constraint(x, batch_sharding)
   generate = generate_codes if cached else generate_codes_uncached

@@ -40,7 +40,7 @@ def storage_dtype(num_codes: int) -> np.dtype:
 
 def make_encode_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
   """Jitted (stage-1 state, {'image', 'tokens', ...}) -> int32 codes [B, N], batch-sharded."""
-  graphdef = trainer_lib.graphdef_of(stage1.make_task(config))
+  graphdef = stage1.make_task(config).graphdef
 
   def encode(state: trainer_lib.TrainState, batch) -> jax.Array:
     return trainer_lib.merge_model(graphdef, state).encode(batch["image"], batch["tokens"])

@@ -8,6 +8,7 @@ writers with `ReportProgress` (steps/s, ETA) and `Profile`, the NaN guard.
 """
 
 import dataclasses
+import functools
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -54,28 +55,37 @@ class Task:
   # optional, host side: (model, first eval batch, writer, step) -> writes images or texts.
   write_previews: Callable[[nnx.Module, Batch, Any, int], None] | None = None
 
+  # Derived once per task (cached on the instance), shared by every step and restore.
+  @functools.cached_property
+  def graphdef(self) -> nnx.GraphDef:
+    """The static structure of the task's model, without allocating its parameters."""
+    abstract_model = nnx.eval_shape(lambda: self.build_model(nnx.Rngs(params=0)))
+    return nnx.split(abstract_model, nnx.Param, ...)[0]
+
+  @functools.cached_property
+  def optimizer(self) -> optax.GradientTransformation:
+    return optimizer_lib.make_optimizer(self.optim)
+
+  @functools.cached_property
+  def learning_rate(self) -> optax.Schedule:
+    return optimizer_lib.learning_rate_schedule(self.optim)
+
 
 # ---------------------------------------------------------------------------------- the state
 
 
-def _init_fn(task: Task, optimizer: optax.GradientTransformation, seed: int):
+def _init_fn(task: Task, seed: int):
   def init() -> TrainState:
     model = task.build_model(nnx.Rngs(params=seed))
     _, params, model_state = nnx.split(model, nnx.Param, ...)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=optimizer.init(params), model_state=model_state)
+                      opt_state=task.optimizer.init(params), model_state=model_state)
   return init
-
-
-def graphdef_of(task: Task) -> nnx.GraphDef:
-  """The static structure of the task's model, without allocating its parameters."""
-  abstract_model = nnx.eval_shape(lambda: task.build_model(nnx.Rngs(params=0)))
-  return nnx.split(abstract_model, nnx.Param, ...)[0]
 
 
 def abstract_state(task: Task, mesh: jax.sharding.Mesh, seed: int = 0):
   """(shape-only state with shardings attached, the shardings) for restore and jit."""
-  shapes = jax.eval_shape(_init_fn(task, optimizer_lib.make_optimizer(task.optim), seed))
+  shapes = jax.eval_shape(_init_fn(task, seed))
   shardings = sharding.state_shardings(shapes, mesh)
   with_shardings = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
@@ -84,8 +94,7 @@ def abstract_state(task: Task, mesh: jax.sharding.Mesh, seed: int = 0):
 
 def init_state(task: Task, seed: int, shardings) -> TrainState:
   """A fresh state, created directly in its sharded layout (never whole on one device)."""
-  init = _init_fn(task, optimizer_lib.make_optimizer(task.optim), seed)
-  return jax.jit(init, out_shardings=shardings)()
+  return jax.jit(_init_fn(task, seed), out_shardings=shardings)()
 
 
 def merge_model(graphdef: nnx.GraphDef, state: TrainState) -> nnx.Module:
@@ -122,9 +131,7 @@ def restore_trained(task: Task, workdir: str, mesh: jax.sharding.Mesh,
 
 def make_train_step(task: Task, mesh: jax.sharding.Mesh, state_shardings):
   """The jitted, sharded step: (state, batch, key) -> (state, metrics). State is donated."""
-  graphdef = graphdef_of(task)
-  optimizer = optimizer_lib.make_optimizer(task.optim)
-  schedule = optimizer_lib.learning_rate_schedule(task.optim)
+  graphdef, optimizer, schedule = task.graphdef, task.optimizer, task.learning_rate
 
   def train_step(state: TrainState, batch: Batch, key: jax.Array):
     step_key = jax.random.fold_in(key, state.step)
@@ -155,7 +162,7 @@ def make_train_step(task: Task, mesh: jax.sharding.Mesh, state_shardings):
 
 
 def make_eval_step(task: Task, mesh: jax.sharding.Mesh, state_shardings):
-  graphdef = graphdef_of(task)
+  graphdef = task.graphdef
 
   def eval_step(state: TrainState, batch: Batch) -> Metrics:
     return task.eval_fn(merge_model(graphdef, state), batch)
@@ -198,7 +205,6 @@ class Trainer:
     self.directory = os.path.join(workdir, task.name)
     self.checkpoint_dir = checkpoints.checkpoint_dir(workdir, task.name)
     self.metrics_path = os.path.join(self.directory, "eval_metrics.json")
-    self.graphdef = graphdef_of(task)
     self.abstract_state, self.state_shardings = abstract_state(task, mesh, seed)
     self.train_step = make_train_step(task, mesh, self.state_shardings)
     self.eval_step = make_eval_step(task, mesh, self.state_shardings)
@@ -246,7 +252,8 @@ class Trainer:
     if optim.profile_steps:
       hooks.append(periodic_actions.Profile(
           logdir=self.directory, num_profile_steps=optim.profile_steps,
-          first_profile=start + optim.profile_first_step, every_secs=None))
+          profile_duration_ms=None, first_profile=start + optim.profile_first_step,
+          every_secs=None))
 
     final_metrics = {}
     batches = train_batches(start)
@@ -317,7 +324,7 @@ class Trainer:
       files.write_json(self.metrics_path, dict(scalars, step=step))
     writer.write_scalars(step, {f"eval/{k}": v for k, v in scalars.items()})
     if self.task.write_previews is not None:
-      self.task.write_previews(merge_model(self.graphdef, state), next(eval_batches()), writer,
+      self.task.write_previews(merge_model(self.task.graphdef, state), next(eval_batches()), writer,
                                step)
     logging.info("%s: eval at step %d: %s", self.task.name, step,
                  ", ".join(f"{k}={v:.4g}" for k, v in scalars.items()))

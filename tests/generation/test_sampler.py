@@ -147,10 +147,10 @@ def test_text_first_prior_codes_come_back_in_stage1_order(setup):
                                 np.arange(num_image, config_lib.num_joint_codes(config)))
   out = sampler.make_sampler(config, mesh, batch_size=BATCH, top_k=10)(
       prior_vars, vae_vars, jax.random.key(4), 1.0, 1.0)
-  prior = nnx.merge(train_lib.graphdef_of(stage2.make_task(config, 0)), *prior_vars)
+  prior = nnx.merge(stage2.make_task(config, 0).graphdef, *prior_vars)
   in_prior_order = sampler.generate_codes(prior, jax.random.key(4), BATCH, top_k=10, top_p=1.0,
                                           temperature=1.0)
   np.testing.assert_array_equal(np.asarray(out["codes"])[:, order], in_prior_order)
   images, tokens = sampler.decode_pairs(
-      nnx.merge(train_lib.graphdef_of(stage1.make_task(config)), *vae_vars), out["codes"])
+      nnx.merge(stage1.make_task(config).graphdef, *vae_vars), out["codes"])
   np.testing.assert_array_equal(out["tokens"], tokens)
