@@ -234,7 +234,9 @@ def test_good_configs_pass(fields):
   config = smoke()
   for path, value in fields.items():
     set_field(config, path, value)
-  config_lib.validate(config, num_devices=8)
+  config_lib.validate(config, num_devices=8)  # raises ConfigError on a bad config.
+  with pytest.raises(config_lib.ConfigError):  # the same config on devices it cannot split over.
+    config_lib.validate(config, num_devices=config.vqvae.optim.batch_size + 1)
 
 
 def test_field_messages_say_the_fix():

@@ -2,9 +2,10 @@
 
 `make_sampler` compiles ONE program from (prior variables, stage-1 variables, key, top_p,
 temperature, image_temperature) to codes, uint8 images and token ids: a `lax.scan` over the N
-code positions with an explicit KV cache, then the codebook look-up and both cross decoders. The batch is sharded
-over the mesh's batch axes; top-k and the batch size fix shapes (static), everything else is
-traced, so a new key or a new top_p / temperature reuses the compiled program. The image
+code positions with an explicit KV cache, then the codebook look-up and both cross decoders.
+The batch is sharded over the mesh's batch axes; top-k and the batch size fix shapes (static),
+everything else is traced, so a new key or a new top_p / temperature reuses the compiled
+program. The image
 codes may take their own temperature: a pair's content is mostly decided by its caption codes
 (text first), and a colder image keeps the picture faithful to them.
 

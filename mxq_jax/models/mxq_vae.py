@@ -6,8 +6,8 @@ tokens -> TextEncoder  -> [B, T, D]   /
 codes -> codebook vectors [B, N, D] -> image mixer (N -> g*g over positions) -> ImageDecoder
                                     -> text mixer  (N -> h -> T over positions) -> TextDecoder
 
-Masking of the inputs happens in the train step (`mxq_jax.training.masking`): the model reconstructs
-whatever pair it is given, and the loss compares it with the unmasked originals.
+Masking of the inputs happens in the train step (`mxq_jax.training.masking`): the model
+reconstructs whatever pair it is given, and the loss compares it with the unmasked originals.
 
 The model reads a typed `MXQVAEConfig` (`mxq_jax.config_lib.mxq_vae_config` builds it from
 config.vqvae and config.data). Ablations of the design (the paper's model: fusion="transformer",

@@ -13,6 +13,9 @@ def test_a_matching_record_or_none_passes():
   # JSON stores tuples as lists: the same model.
   checkpoints.check_compatible({"signature": {"embed_dim": 16, "image_channels": [8, 16]}},
                                signature, "D")
+  with pytest.raises(config_lib.ConfigError):  # while another width is refused.
+    checkpoints.check_compatible({"signature": {"embed_dim": 16, "image_channels": [8, 32]}},
+                                 signature, "D")
 
 
 def test_a_different_model_is_refused_naming_the_fields():
