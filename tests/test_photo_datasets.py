@@ -7,7 +7,6 @@ training batches. A missing dataset fails fast with the advice.
 
 import json
 import os
-import time
 
 import jax
 import numpy as np

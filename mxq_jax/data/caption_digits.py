@@ -17,7 +17,6 @@ from absl import logging
 from etils import epath
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mxq_jax.data import caption_attributes as attrs
