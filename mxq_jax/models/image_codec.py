@@ -78,8 +78,8 @@ class ImageDecoder(nnx.Module):
     widths = (res_channels, *reversed(channels[:-1]), 3)
     self.conv_in = layers.Conv(in_dim, res_channels, (3, 3), padding="SAME", dtype=dtype, rngs=rngs)
     self.res = ResidualStack(res_channels, num_res_blocks, dtype=dtype, rngs=rngs)
-    up = lambda cin, cout: layers.ConvTranspose(cin, cout, (4, 4), strides=2, padding=_UP_PADDING,
-                                             dtype=dtype, rngs=rngs)
+    up = lambda cin, cout: layers.UpConv2x(cin, cout, (4, 4), strides=2, padding=_UP_PADDING,
+                                           kernel_init=layers.kernel_init, dtype=dtype, rngs=rngs)
     self.up = nnx.List([up(cin, cout) for cin, cout in zip(widths[:-1], widths[1:])])
 
   def __call__(self, z_BxhxwxD: jax.Array) -> jax.Array:

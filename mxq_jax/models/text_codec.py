@@ -44,7 +44,8 @@ class TextDecoder(nnx.Module):
                in_dim: int, *, dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
     widths = (in_dim, *reversed(channels))  # D -> 512 -> 416 -> 320 -> 224 at the reference.
     self.convs = nnx.List([
-        layers.ConvTranspose(cin, cout, (kernel,), padding="VALID", dtype=dtype, rngs=rngs)
+        layers.FullConv1d(cin, cout, (kernel,), padding="VALID", kernel_init=layers.kernel_init,
+                          dtype=dtype, rngs=rngs)
         for cin, cout in zip(widths[:-1], widths[1:])
     ])
     self.conv_embed = layers.Conv(widths[-1], embed_dim, (1,), dtype=dtype, rngs=rngs)
