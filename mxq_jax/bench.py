@@ -2,7 +2,8 @@ r"""Throughput of training and generation: `python -m mxq_jax.bench --config=con
 
 Prints one JSON object (`mxq_jax/bench_lib.py` says what it holds): the train steps of both
 stages, the sampler at each --sampler_batches size beside the reference-style baseline, and with
---parts=input the input pipeline.
+--parts=modules each submodule's forward and forward+backward time and share of the
+train step (a table on stderr too), with --parts=input the input pipeline.
 """
 
 import json
@@ -11,7 +12,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from mxq_jax import cli
+from mxq_jax import cli, module_bench
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -19,7 +20,10 @@ flags.DEFINE_integer("steps", 20, "Timed steps after the warm-up step.")
 flags.DEFINE_list("sampler_batches", ["1", "64", "256"], "Batch sizes of the cached sampler.")
 flags.DEFINE_float("min_seconds", 2.0, "Each sampler measurement repeats calls for this long.")
 flags.DEFINE_list("parts", ["train", "sampler"],
-                  "What to measure: train (steps), sampler, input (the data pipeline).")
+                  "What to measure: train (steps), modules (each submodule's share of the "
+                  "train step), sampler, input (the data pipeline).")
+flags.DEFINE_integer("module_depth", 1, "--parts=modules: submodule levels to time "
+                     "(1: the model's direct children; 2: also theirs).")
 flags.DEFINE_string("workdir", None, "--parts=input: where the tokenizer goes.")
 flags.DEFINE_integer("input_batches", 50, "--parts=input: timed training batches.")
 flags.mark_flags_as_required(["config"])
@@ -30,13 +34,18 @@ def benchmark() -> dict:
   return bench_lib.run_benchmarks(
       FLAGS.config, parts=FLAGS.parts, steps=FLAGS.steps,
       sampler_batches=[int(b) for b in FLAGS.sampler_batches], min_seconds=FLAGS.min_seconds,
-      workdir=FLAGS.workdir, input_batches=FLAGS.input_batches)
+      workdir=FLAGS.workdir, input_batches=FLAGS.input_batches,
+      module_depth=FLAGS.module_depth)
 
 
 def main(argv):
   cli.check_no_arguments(argv)
   cli.start()
-  json.dump(cli.run(benchmark), sys.stdout, indent=2)
+  report = cli.run(benchmark)
+  for stage in ("stage1", "stage2"):
+    if f"{stage}_modules" in report:
+      print(module_bench.format_table(stage, report[f"{stage}_modules"]), file=sys.stderr)
+  json.dump(report, sys.stdout, indent=2)
   print()
 
 

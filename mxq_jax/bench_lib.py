@@ -9,6 +9,8 @@ r"""Throughput of training and generation, the library of `python -m mxq_jax.ben
   ratio of the largest cached batch's pairs/s to the baseline's;
 - each program's model FLOPs from XLA's cost analysis and the achieved FLOP/s as a fraction of
   this machine's dense matmul FLOP/s, measured in the same run; peak memory;
+- with --parts=modules: each stage's train step, then every submodule's forward and
+  forward+backward time and share of the step (`mxq_jax/module_bench.py`);
 - with --parts=input (and --workdir for the tokenizer): the input pipeline on the configured
   dataset, reading and preparing it if needed (that time too), then stage 1's training
   stream in examples/s, to compare with the train step's examples/s.
@@ -23,9 +25,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mxq_jax import config_lib, sharding
+from mxq_jax import config_lib, module_bench, sharding
 from mxq_jax.generation import sampler
 from mxq_jax.training import stage1, stage2, trainer as trainer_lib
+
+PARTS = ("train", "modules", "sampler", "input")
+
 
 def matmul_flops_per_sec(dtype: str, repeats: int = 10) -> float:
   """Dense matmul FLOP/s of the default device in the model's compute dtype: the yardstick."""
@@ -191,9 +196,15 @@ def bench_input(config, mesh, workdir: str, num_batches: int) -> dict:
 
 def run_benchmarks(config: ml_collections.ConfigDict, *, parts: Sequence[str], steps: int,
                    sampler_batches: Sequence[int], min_seconds: float,
-                   workdir: str | None = None, input_batches: int = 50) -> dict:
-  """The report of the module docstring for the `parts` asked (train, sampler, input)."""
+                   workdir: str | None = None, input_batches: int = 50,
+                   module_depth: int = 1) -> dict:
+  """The report of the module docstring for the `parts` asked (train, modules, sampler,
+  input)."""
   config_lib.validate(config, jax.device_count())
+  unknown = sorted(set(parts) - set(PARTS))
+  if unknown:
+    raise config_lib.ConfigError(f"--parts: unknown {', '.join(unknown)}; choose from "
+                                 f"{', '.join(PARTS)}")
   if "input" in parts and not workdir:
     raise config_lib.ConfigError("--parts=input needs --workdir (the tokenizer is written there)")
   mesh = sharding.make_mesh(config.mesh)
@@ -205,13 +216,20 @@ def run_benchmarks(config: ml_collections.ConfigDict, *, parts: Sequence[str], s
       "compute_dtype": config.vqvae.dtype,
       "matmul_gflops_per_s": round(peak_flops / 1e9, 1),
   }
-  if "train" in parts:
-    report["stage1_train_step"] = bench_train_step(
-        stage1.make_task(config), stage1.random_batch(config, config.vqvae.optim.batch_size),
-        mesh, steps, peak_flops)
-    report["stage2_train_step"] = bench_train_step(
-        stage2.make_task(config, stage1_step=0),
-        random_codes_batch(config, config.prior.optim.batch_size), mesh, steps, peak_flops)
+  tasks = {
+      "stage1": (stage1.make_task(config),
+                 stage1.random_batch(config, config.vqvae.optim.batch_size)),
+      "stage2": (stage2.make_task(config, stage1_step=0),
+                 random_codes_batch(config, config.prior.optim.batch_size)),
+  }
+  if "train" in parts or "modules" in parts:
+    for name, (task, batch) in tasks.items():
+      report[f"{name}_train_step"] = bench_train_step(task, batch, mesh, steps, peak_flops)
+  if "modules" in parts:
+    for name, (task, batch) in tasks.items():
+      step_seconds = 1.0 / report[f"{name}_train_step"]["steps_per_s"]
+      report[f"{name}_modules"] = module_bench.bench_modules(
+          task, batch, step_seconds, module_depth, min_seconds)
   if "sampler" in parts:
     report.update(bench_samplers(config, mesh, peak_flops, sampler_batches, min_seconds))
   if "input" in parts:

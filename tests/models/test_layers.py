@@ -1,5 +1,6 @@
-"""The decoders' transposed convolutions, written as stride-1 convolutions, are the same layers
-as `nnx.ConvTranspose`: same parameters, equal outputs and gradients at the reference sizes."""
+"""The codecs' rewritten convolutions are the same layers as flax's: the decoders' transposed
+convolutions as `nnx.ConvTranspose`, the stride-1 convolutions as matmuls (`MatmulConv`) as `nnx.Conv`. Same
+parameters, equal outputs and gradients at the reference sizes."""
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +50,33 @@ def test_full_conv_1d_is_the_transposed_convolution(cin, cout, length):
   rewritten = layers.FullConv1d(cin, cout, **kwargs, rngs=nnx.Rngs(0))
   x = jax.random.normal(jax.random.key(1), (2, length, cin))
   assert rewritten(x).shape == (2, length + 14, cout)
+  assert_same_layer(reference, rewritten, x)
+
+
+# The reference text encoder: 64 tokens x 128 -> 50 x 224 -> 36 x 320 -> 22 x 416 -> 8 x 512.
+@pytest.mark.parametrize("cin, cout, length", [(128, 224, 64), (224, 320, 50), (320, 416, 36),
+                                               (416, 512, 22)])
+def test_matmul_conv_is_the_1d_convolution(cin, cout, length):
+  kwargs = dict(kernel_size=(15,), padding="VALID", kernel_init=layers.kernel_init)
+  reference = nnx.Conv(cin, cout, **kwargs, rngs=nnx.Rngs(0))
+  rewritten = layers.MatmulConv(cin, cout, **kwargs, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (2, length, cin))
+  assert rewritten(x).shape == (2, length - 14, cout)
+  assert_same_layer(reference, rewritten, x)
+
+
+# The residual blocks' 3x3 SAME convs at the reference 8x8 grid, an even window's uneven SAME
+# padding, explicit padding, and a strided conv (which stays flax's).
+@pytest.mark.parametrize("window, padding, strides", [
+    ((3, 3), "SAME", 1), ((1, 1), "VALID", 1), ((4, 2), "SAME", 1),
+    ((3, 3), ((2, 0), (1, 1)), 1), ((4, 4), ((1, 1), (1, 1)), 2)])
+def test_matmul_conv_is_the_2d_convolution(window, padding, strides):
+  kwargs = dict(kernel_size=window, padding=padding, strides=strides,
+                kernel_init=layers.kernel_init)
+  reference = nnx.Conv(256, 64, **kwargs, rngs=nnx.Rngs(0))
+  rewritten = layers.MatmulConv(256, 64, **kwargs, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 256))
+  assert rewritten(x).shape == reference(x).shape
   assert_same_layer(reference, rewritten, x)
 
 
