@@ -216,20 +216,19 @@ def run_benchmarks(config: ml_collections.ConfigDict, *, parts: Sequence[str], s
       "compute_dtype": config.vqvae.dtype,
       "matmul_gflops_per_s": round(peak_flops / 1e9, 1),
   }
-  tasks = {
-      "stage1": (stage1.make_task(config),
-                 stage1.random_batch(config, config.vqvae.optim.batch_size)),
-      "stage2": (stage2.make_task(config, stage1_step=0),
-                 random_codes_batch(config, config.prior.optim.batch_size)),
-  }
   if "train" in parts or "modules" in parts:
+    tasks = {
+        "stage1": (stage1.make_task(config),
+                   stage1.random_batch(config, config.vqvae.optim.batch_size)),
+        "stage2": (stage2.make_task(config, stage1_step=0),
+                   random_codes_batch(config, config.prior.optim.batch_size)),
+    }
     for name, (task, batch) in tasks.items():
       report[f"{name}_train_step"] = bench_train_step(task, batch, mesh, steps, peak_flops)
-  if "modules" in parts:
-    for name, (task, batch) in tasks.items():
-      step_seconds = 1.0 / report[f"{name}_train_step"]["steps_per_s"]
-      report[f"{name}_modules"] = module_bench.bench_modules(
-          task, batch, step_seconds, module_depth, min_seconds)
+      if "modules" in parts:
+        step_seconds = 1.0 / report[f"{name}_train_step"]["steps_per_s"]
+        report[f"{name}_modules"] = module_bench.bench_modules(
+            task, batch, step_seconds, module_depth, min_seconds)
   if "sampler" in parts:
     report.update(bench_samplers(config, mesh, peak_flops, sampler_batches, min_seconds))
   if "input" in parts:

@@ -43,6 +43,12 @@ kernel_init = as_matrix(nnx.initializers.lecun_normal())
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
+def _promoted(layer, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+  """(input, kernel, bias or None) of a flax conv layer, in its compute dtype."""
+  bias = layer.bias[...] if layer.bias is not None else None
+  return layer.promote_dtype((x, layer.kernel[...], bias), dtype=layer.dtype)
+
+
 class UpConv2x(nnx.ConvTranspose):
   """`nnx.ConvTranspose` of a 4x4 kernel, stride 2, padding (2, 2) (PyTorch's
   ConvTranspose2d(k=4, s=2, p=1)), as four 2x2 stride-1 convolutions and depth-to-space.
@@ -59,9 +65,7 @@ class UpConv2x(nnx.ConvTranspose):
     if tuple(self.kernel_size) != (4, 4) or self.strides not in (2, (2, 2)) or (
         self.padding != ((2, 2), (2, 2))):
       raise ValueError("UpConv2x is a 4x4, stride-2, padding-(2, 2) transposed convolution")
-    bias = self.bias[...] if self.bias is not None else None
-    x_BxHxWxC, kernel_4x4xCxO, bias = self.promote_dtype(
-        (x_BxHxWxC, self.kernel[...], bias), dtype=self.dtype)
+    x_BxHxWxC, kernel_4x4xCxO, bias = _promoted(self, x_BxHxWxC)
     batch, height, width, _ = x_BxHxWxC.shape
     rows = []
     for row_taps, row_pad in self._PHASES:
@@ -89,9 +93,7 @@ class FullConv1d(nnx.ConvTranspose):
     (k,) = self.kernel_size
     if self.strides not in (1, (1,), None) or self.padding != "VALID":
       raise ValueError("FullConv1d is a stride-1, VALID transposed convolution")
-    bias = self.bias[...] if self.bias is not None else None
-    x_BxLxC, kernel_KxCxO, bias = self.promote_dtype(
-        (x_BxLxC, self.kernel[...], bias), dtype=self.dtype)
+    x_BxLxC, kernel_KxCxO, bias = _promoted(self, x_BxLxC)
     y_BxL2xO = conv_as_matmul(x_BxLxC, kernel_KxCxO, [(k - 1, k - 1)], self.precision)
     return y_BxL2xO if bias is None else y_BxL2xO + bias
 
@@ -133,18 +135,17 @@ def conv_as_matmul(x_BxSxC: jax.Array, kernel_WxCxO: jax.Array,
 
 class MatmulConv(nnx.Conv):
   """`nnx.Conv`, the same parameters and layer, computed by `conv_as_matmul` when it is of
-  stride 1, undilated and ungrouped (any window; SAME, VALID or explicit padding), and by
-  flax otherwise (the encoders' stride-2 convs, whose gradients XLA:CPU runs well)."""
+  stride 1, undilated, ungrouped and unmasked (any window; SAME, VALID or explicit padding),
+  and by flax otherwise (the encoders' stride-2 convs, whose gradients XLA:CPU runs well)."""
 
   def __call__(self, x_BxSxC: jax.Array) -> jax.Array:
     ones = (None, 1, (1,) * len(self.kernel_size))
     if self.strides not in ones or self.kernel_dilation not in ones or (
         self.input_dilation not in ones) or self.feature_group_count != 1 or (
-        isinstance(self.padding, str) and self.padding not in ("SAME", "VALID")):
-      return super().__call__(x_BxSxC)  # strided or dilated: flax's convolution.
-    bias = self.bias[...] if self.bias is not None else None
-    x_BxSxC, kernel, bias = self.promote_dtype(
-        (x_BxSxC, self.kernel[...], bias), dtype=self.dtype)
+        isinstance(self.padding, str) and self.padding not in ("SAME", "VALID")) or (
+        self.mask is not None):
+      return super().__call__(x_BxSxC)  # strided, dilated or masked: flax's convolution.
+    x_BxSxC, kernel, bias = _promoted(self, x_BxSxC)
     y_BxSxO = conv_as_matmul(x_BxSxC, kernel, _padding_pairs(self.padding, self.kernel_size),
                              self.precision)
     return y_BxSxO if bias is None else y_BxSxO + bias

@@ -48,6 +48,10 @@ CASES = [
       for window, padding, strides in [((3, 3), "SAME", 1), ((1, 1), "VALID", 1),
                                        ((4, 2), "SAME", 1), ((3, 3), ((2, 0), (1, 1)), 1),
                                        ((4, 4), ((1, 1), (1, 1)), 2)]],
+    # A masked kernel stays flax's too.
+    (nnx.Conv, layers.MatmulConv,
+     dict(kernel_size=(3, 3), padding="SAME", mask=jnp.tril(jnp.ones((3, 3, 8, 4)), k=-1)),
+     (2, 8, 8, 8), 4),
 ]
 
 
