@@ -118,9 +118,11 @@ def conv_as_matmul(x_BxSxC: jax.Array, kernel_WxCxO: jax.Array,
   windows of the padded input (im2col): [B, *S', prod(window) * C] @ [prod(window) * C, O].
 
   The same FLOPs as the convolution; its gradients are matmuls and slice-adds. On XLA:CPU, at
-  the reference sizes, this trains a k = 15 text conv over 22 positions about 12x faster
-  (XLA's gradients of a long kernel over a short sequence are slow) and the residual stacks'
-  3x3 convs about 1.3x faster (`python -m mxq_jax.bench --parts=modules`).
+  the reference sizes, a k = 15 text conv over 22 positions trains about 12x faster this way
+  (446 -> 36 ms forward+backward, `python -m mxq_jax.bench --parts=modules`: XLA's gradients
+  of a long kernel over a short sequence are slow), and using it for the 3x3 and 1x1 convs too
+  made the whole stage-1 step 1.11-1.16x faster (interleaved runs, README "Against the
+  authors' PyTorch").
   """
   window, (channels, out) = kernel_WxCxO.shape[:-2], kernel_WxCxO.shape[-2:]
   x = jnp.pad(x_BxSxC, ((0, 0), *padding_pairs, (0, 0)))
