@@ -2,6 +2,7 @@
 accelerators, multi-process initialization), flag errors as one line, and the commands' own
 errors (a bad config, workdir or outdir) as one line and a non-zero exit."""
 
+import errno
 import logging as std_logging
 import os
 import sys
@@ -57,16 +58,35 @@ def start() -> None:
   initialize_distributed()
 
 
+# What the machine can refuse a run: a full disk, a read-only or foreign directory, a file where
+# a directory belongs. Reported as one line; any other OSError is a bug and keeps its traceback.
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                       errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
+
+
 def run(command: Callable[[], Any]) -> Any:
-  """`command()`, with the errors a user can fix (a bad config, workdir or outdir) as one
+  """`command()`, stopping cleanly on SIGTERM or SIGINT (`interrupts`), with the errors a user
+  can fix (a bad config, workdir or outdir, a diverged loss, a full or read-only disk) as one
   line and exit status 1."""
-  from mxq_jax import config_lib
+  from mxq_jax import config_lib, interrupts
   from mxq_jax.generation import writer
   try:
-    return command()
-  except (config_lib.ConfigError, writer.OutdirError) as error:
+    with interrupts.handling_stop_signals():
+      return command()
+  except interrupts.Stopped as stopped:
+    absl_logging.warning("%s", stopped)
+    absl_logging.flush()
+    sys.exit(stopped.exit_status)
+  except (config_lib.ConfigError, writer.OutdirError, FloatingPointError) as error:
     absl_logging.flush()
     sys.exit(f"mxq_jax: error: {error}")
+  except OSError as error:
+    if error.errno not in _ENVIRONMENT_ERRNOS:
+      raise
+    absl_logging.flush()
+    where = f" ({error.filename})" if error.filename else ""
+    sys.exit(f"mxq_jax: error: {error.strerror}{where}; free space or fix the permissions and "
+             "rerun the same command")
 
 
 def check_no_arguments(argv: list[str]) -> None:

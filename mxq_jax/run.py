@@ -16,7 +16,7 @@ import ml_collections
 from absl import logging
 from jax.experimental import multihost_utils
 
-from mxq_jax import config_lib, context as context_lib, files, sharding
+from mxq_jax import config_lib, context as context_lib, files, sharding, workdir as workdir_lib
 from mxq_jax.data import pipeline
 from mxq_jax.evaluation import evaluator
 from mxq_jax.generation import generate
@@ -129,26 +129,45 @@ STAGES: dict[str, Callable[[RunContext], dict | None]] = {
     "stage1": train_stage1, "encode": encode, "stage2": train_stage2, "evaluate": evaluate}
 
 
+def _check_enough_examples(context: RunContext) -> None:
+  """Refuses (one line) a train split smaller than a batch, before anything is trained."""
+  config, num = context.config, context.data.train.num_examples
+  for field, optim in (("vqvae", config.vqvae.optim), ("prior", config.prior.optim)):
+    per_process = optim.batch_size // jax.process_count()
+    if num < per_process:
+      raise config_lib.ConfigError(
+          f"the train split of {config.data.name} has {num} usable examples per process, "
+          f"fewer than a batch (config.{field}.optim.batch_size={optim.batch_size}); lower the "
+          "batch size or add data")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
   """Runs the pending stages; returns the metrics of each stage that ran, and the test
-  metrics of the selected training stages that did not."""
-  context = context_lib.for_training(config, workdir)
-  pending = pending_stages(context)
-  selected = config_lib.parse_stages(config.stages)
-  if not pending:
-    logging.info("%s: every selected stage (%s) is done; nothing to do", workdir,
-                 ",".join(selected))
-    return {name: context.metrics(name) for name in selected if name in TRAINED_STAGES}
+  metrics of the selected training stages that did not.
 
-  config_path = os.path.join(workdir, "config.json")
-  if not files.exists(config_path) and jax.process_index() == 0:
-    files.write_json(config_path, config.to_dict())
-  logging.info("stages to run: %s", ",".join(pending))
-  results = {}
-  for name in pending:
-    metrics = STAGES[name](context)
-    if metrics is not None:
-      results[name] = metrics
+  The workdir is locked for the run (`workdir.hold`); config.json is written only once the
+  checks, the data and the tokenizer succeeded, and a first run that fails before that leaves
+  the workdir as it found it.
+  """
+  context = context_lib.for_training(config, workdir)
+  with workdir_lib.hold(workdir):
+    pending = pending_stages(context)
+    selected = config_lib.parse_stages(config.stages)
+    if not pending:
+      logging.info("%s: every selected stage (%s) is done; nothing to do", workdir,
+                   ",".join(selected))
+      return {name: context.metrics(name) for name in selected if name in TRAINED_STAGES}
+    if set(pending) - {"stage2"} or config.prior.encode_on_the_fly:  # stages that read data.
+      _check_enough_examples(context)
+    config_path = os.path.join(workdir, workdir_lib.CONFIG_NAME)
+    if not files.exists(config_path) and jax.process_index() == 0:
+      files.write_json(config_path, config.to_dict())
+    logging.info("stages to run: %s", ",".join(pending))
+    results = {}
+    for name in pending:
+      metrics = STAGES[name](context)
+      if metrics is not None:
+        results[name] = metrics
   for name in selected:
     if name in TRAINED_STAGES and name not in results:
       results[name] = context.metrics(name)

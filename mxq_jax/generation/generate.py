@@ -17,7 +17,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from mxq_jax import config_lib, context as context_lib
+from mxq_jax import config_lib, context as context_lib, interrupts
 from mxq_jax.data import tokenizer as tokenizer_lib
 from mxq_jax.generation import sampler, writer
 
@@ -81,18 +81,25 @@ def generate_pairs(context: context_lib.RunContext, outdir: str, *, num_samples:
   pairs = (writer.PairWriter(outdir, overwrite=overwrite, total=num_samples,
                              grid_size=grid_size) if writer_process else None)
   start, first_batch_s = time.perf_counter(), None
-  for b, out in enumerate(sample_batches(sample_fn, variables, jax.random.key(seed), traced,
-                                         num_batches)):
-    if first_batch_s is None:  # compilation included.
-      first_batch_s = time.perf_counter() - start
-    keep = min(batch_size, num_samples - b * batch_size)
-    captions = context.tokenizer.decode_batch(out["tokens"][:keep])
+  try:
+    for b, out in enumerate(sample_batches(sample_fn, variables, jax.random.key(seed), traced,
+                                           num_batches)):
+      interrupts.check(f"sample: stopped after {b * batch_size} of {num_samples} pairs, "
+                       f"with nothing written to {outdir},")
+      if first_batch_s is None:  # compilation included.
+        first_batch_s = time.perf_counter() - start
+      keep = min(batch_size, num_samples - b * batch_size)
+      captions = context.tokenizer.decode_batch(out["tokens"][:keep])
+      if pairs:
+        first = b * batch_size
+        pairs.add_batch(out["images"][:keep], [
+            {"id": first + i, "caption": captions[i], "image": pairs.image_name(first + i),
+             "tokens": through_eos(out["tokens"][i]), "codes": out["codes"][i], "batch": b,
+             **settings} for i in range(keep)])
+  except BaseException:
     if pairs:
-      first = b * batch_size
-      pairs.add_batch(out["images"][:keep], [
-          {"id": first + i, "caption": captions[i], "image": pairs.image_name(first + i),
-           "tokens": through_eos(out["tokens"][i]), "codes": out["codes"][i], "batch": b,
-           **settings} for i in range(keep)])
+      pairs.discard()  # outdir keeps what it held; no staging directory is left behind.
+    raise
   seconds = time.perf_counter() - start
   summary = {
       "pairs": num_samples, "batch_size": batch_size, "seconds": round(seconds, 2),

@@ -16,6 +16,7 @@ import functools
 import json
 import math
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -25,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from typing import TextIO
 
 import numpy as np
+from absl import logging
 from PIL import Image, ImageDraw, ImageFont
 
 CELL_PAD = 4  # White pixels between grid cells and around the border.
@@ -64,6 +66,33 @@ def check_outdir(outdir: str, overwrite: bool) -> None:
                       "pass --overwrite to replace it or choose another --outdir")
 
 
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # alive, another user's.
+    return True
+  return True
+
+
+def remove_stale_siblings(outdir: str) -> list[str]:
+  """Deletes the `.partial-PID-*` and `.old-PID-*` siblings of `outdir` left by processes of
+  this host that no longer run (a killed `sample`); returns their paths."""
+  parent, name = _split(outdir)
+  pattern = re.compile(rf"{re.escape(name)}\.(partial|old)-(\d+)-")
+  removed = []
+  for entry in os.listdir(parent) if os.path.isdir(parent) else []:
+    match = pattern.match(entry)
+    if match and int(match.group(2)) != os.getpid() and not _pid_alive(int(match.group(2))):
+      shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+      removed.append(os.path.join(parent, entry))
+  if removed:
+    logging.info("removed %d unfinished output(s) of stopped runs beside %s", len(removed),
+                 outdir)
+  return removed
+
+
 def open_staging_dir(outdir: str, overwrite: bool) -> str:
   """Checks `outdir` and returns a new, empty staging directory beside it.
 
@@ -74,6 +103,7 @@ def open_staging_dir(outdir: str, overwrite: bool) -> str:
   check_outdir(outdir, overwrite)
   parent, name = _split(outdir)
   os.makedirs(parent, exist_ok=True)
+  remove_stale_siblings(outdir)
   # Same parent as outdir, so that `publish` is a rename within one filesystem.
   staging = tempfile.mkdtemp(dir=parent, prefix=f"{name}.partial-{os.getpid()}-")
   os.chmod(staging, _default_dir_mode())
@@ -322,6 +352,11 @@ class PairWriter:
     self.grid_images.extend(images_BxHxWx3[:take])
     self.grid_captions.extend(record["caption"] for record in records[:take])
     self.progress.update(len(records))
+
+  def discard(self) -> None:
+    """Deletes the staging directory: a stopped run leaves outdir as it found it."""
+    self.progress.close()
+    shutil.rmtree(self.staging, ignore_errors=True)
 
   def publish(self) -> None:
     """Writes samples.jsonl and grid.png, then renames the staging directory to `outdir`."""

@@ -4,14 +4,31 @@ Orbax writes each step to a temporary directory and renames it when complete, so
 mid-save leaves nothing that `latest_step()` would trust. The JSON record holds the config
 fields that fix the shapes of the state (`signature`); restoring into a different model is
 refused before anything is written.
+
+Saves are synchronous: a save that fails (a full disk, a read-only directory) stops the run at
+that step with one line naming the cause (`CheckpointError`), instead of surfacing, or being
+logged and dropped, in a background thread while training goes on. At this project's sizes a
+save takes well under a second every `checkpoint_every` steps.
+
+A checkpoint that does not restore (a truncated file, a deleted record) is moved aside to
+`{stage}/damaged_checkpoints/` with one warning, and the newest one that restores is used.
 """
 
+import errno
 import json
 import os
+import shutil
+import time
 
+import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
 from mxq_jax import config_lib
+
+
+class CheckpointError(config_lib.ConfigError):
+  """A checkpoint directory that cannot be written or read; one line, with what to do."""
 
 
 def checkpoint_dir(workdir: str, stage_name: str) -> str:
@@ -20,15 +37,51 @@ def checkpoint_dir(workdir: str, stage_name: str) -> str:
 
 
 def make_manager(directory: str, keep: int) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-  return ocp.CheckpointManager(
-      os.path.abspath(directory), options=options, item_names=("state", "meta"))
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                         enable_async_checkpointing=False)
+  try:
+    return ocp.CheckpointManager(
+        os.path.abspath(directory), options=options, item_names=("state", "meta"))
+  except Exception as error:  # e.g. a read-only workdir: orbax creates the directory here.
+    raise CheckpointError(f"cannot create the checkpoint directory {directory} "
+                          f"({cause(error)}); fix its permissions or choose another "
+                          "--workdir") from error
+
+
+def cause(error: BaseException) -> str:
+  """The root of an error chain in a few words: the OSError's message where there is one."""
+  seen = error
+  while seen is not None:
+    if isinstance(seen, OSError) and seen.strerror:
+      code = errno.errorcode.get(seen.errno, "OSError")
+      return f"{code}: {seen.strerror}" + (f": {seen.filename}" if seen.filename else "")
+    seen = seen.__cause__ or seen.__context__
+  first_line = (str(error).strip().splitlines() or [""])[0].split(". See ")[0][:160]
+  return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
+
+
+def _remove_unfinished(directory: str) -> None:
+  """Deletes orbax's temporary directories of saves that never completed."""
+  for name in os.listdir(directory) if os.path.isdir(directory) else []:
+    if ".orbax-checkpoint-tmp" in name:
+      shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
-  """Starts an (asynchronous) save of `state` at `step`; `meta` must be JSON-serializable."""
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+  """Saves `state` at `step` (`meta` JSON-serializable); CheckpointError, with nothing
+  half-written left behind, when the save fails."""
+  try:
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+  except Exception as error:
+    directory = str(manager.directory)
+    if jax.process_index() == 0:
+      _remove_unfinished(directory)
+    last = manager.latest_step()
+    raise CheckpointError(
+        f"could not save the checkpoint of step {step} in {directory} ({cause(error)}); free "
+        "space or fix the permissions, then rerun the same command: it resumes from "
+        + (f"step {last}" if last is not None else "the start")) from error
 
 
 def read_meta(manager: ocp.CheckpointManager, step: int | None = None) -> dict | None:
@@ -44,6 +97,53 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state)))
   return restored.state
+
+
+def _quarantine(directory: str, step: int) -> str:
+  """Moves the step's checkpoint out of orbax's sight, into `{stage}/damaged_checkpoints`."""
+  destination = os.path.join(os.path.dirname(os.path.abspath(directory)), "damaged_checkpoints",
+                             f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(destination), exist_ok=True)
+    os.rename(os.path.join(directory, str(step)), destination)
+  return destination
+
+
+def restore_newest(manager: ocp.CheckpointManager, abstract_state, signature: dict,
+                   move_damaged: bool, steps: list[int] | None = None) -> tuple[object, int]:
+  """(state, step) of the newest of `steps` (default: all) that restores and matches
+  `signature`; a damaged one is named in a warning and, with `move_damaged`, moved aside.
+
+  CheckpointError (one line) when none restores; ConfigError for another model's checkpoint.
+  """
+  directory = str(manager.directory)
+  candidates = sorted(manager.all_steps() if steps is None else steps, reverse=True)
+  failures = []
+  for step in candidates:
+    try:
+      meta = read_meta(manager, step)
+    except Exception as error:  # a damaged record: this checkpoint cannot be trusted.
+      meta, failed = None, error
+    else:
+      check_compatible(meta, signature, directory)
+      try:
+        state = restore(manager, step, abstract_state)
+      except Exception as error:
+        failed = error
+      else:
+        if failures and move_damaged:
+          manager.reload()  # forget the steps moved aside.
+        return state, step
+    failures.append(f"step {step}: {cause(failed)}")
+    moved = _quarantine(directory, step) if move_damaged else None
+    logging.warning("%s: the checkpoint of step %d does not restore (%s)%s", directory, step,
+                    cause(failed), f"; moved it to {moved}" if moved else "")
+  if move_damaged:
+    manager.reload()
+  raise CheckpointError(
+      f"{directory}: no checkpoint restores ({'; '.join(failures) or 'none found'})"
+      + ("; the damaged ones were moved to damaged_checkpoints/ beside it: rerun to train "
+         "from the start" if move_damaged and failures else ""))
 
 
 def open_read_only(directory: str) -> ocp.CheckpointManager | None:
@@ -66,12 +166,17 @@ def latest_step(directory: str) -> int | None:
 
 
 def read_latest_meta(directory: str) -> dict | None:
-  """The JSON record of `directory`'s latest checkpoint (never creating it), or None."""
+  """The JSON record of `directory`'s newest readable checkpoint (never creating it), or None."""
   manager = open_read_only(directory)
   if manager is None:
     return None
   try:
-    return read_meta(manager)
+    for step in sorted(manager.all_steps(), reverse=True):
+      try:
+        return read_meta(manager, step)
+      except Exception:  # damaged: `restore_newest` names it when the state is restored.
+        continue
+    return None
   finally:
     manager.close()
 

@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from mxq_jax import config_lib, files, sharding
+from mxq_jax import config_lib, files, interrupts, sharding
 from mxq_jax.data import pipeline
 from mxq_jax.training import checkpoints, stage1, trainer as trainer_lib
 
@@ -70,8 +70,11 @@ def encode_splits(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sha
   dtype = storage_dtype(config_lib.code_vocabulary_size(config))
   start = time.perf_counter()
   for split in (splits.train, splits.test):
-    rows = [local_rows(encode(state, batch))
-            for batch in pipeline.eval_batches(split, batch_size, batch_sharding)]
+    rows = []
+    for batch in pipeline.eval_batches(split, batch_size, batch_sharding):
+      # Codes are written whole per split or not at all: a rerun encodes again (seconds).
+      interrupts.check(f"encode: stopped with the {split.name} codes unwritten")
+      rows.append(local_rows(encode(state, batch)))
     codes_nxN = np.concatenate(rows)[:split.num_examples].astype(dtype)
     name = f"{split.name}-{jax.process_index():05d}-of-{jax.process_count():05d}.npy"
     files.save_npy(os.path.join(directory, name), codes_nxN)

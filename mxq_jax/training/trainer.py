@@ -23,7 +23,7 @@ import optax
 from absl import logging
 from flax import nnx
 
-from mxq_jax import config_lib, files, sharding
+from mxq_jax import config_lib, files, interrupts, sharding
 from mxq_jax.training import checkpoints, optimizer as optimizer_lib
 
 Batch = dict[str, jax.Array]
@@ -117,11 +117,10 @@ def restore_trained(task: Task, workdir: str, mesh: jax.sharding.Mesh,
     raise config_lib.ConfigError(
         f"{directory} holds {wanted} (found: {sorted(available) or 'none'}); train it with "
         f"`python -m mxq_jax.main --config=... --workdir={workdir}`")
-  step = max(available) if step is None else step
   try:
-    checkpoints.check_compatible(checkpoints.read_meta(manager, step), task.signature,
-                                 directory)
-    return checkpoints.restore(manager, step, abstract_state(task, mesh)[0]), step
+    return checkpoints.restore_newest(manager, abstract_state(task, mesh)[0], task.signature,
+                                      move_damaged=False,
+                                      steps=None if step is None else [step])
   finally:
     manager.close()
 
@@ -230,8 +229,6 @@ class Trainer:
     """
     task, optim = self.task, self.task.optim
     manager = checkpoints.make_manager(self.checkpoint_dir, optim.keep_checkpoints)
-    checkpoints.check_compatible(checkpoints.read_meta(manager), task.signature,
-                                 self.directory)
     state = self._restore_or_init(manager)
     start = int(state.step)
     if start >= optim.num_steps:
@@ -255,8 +252,28 @@ class Trainer:
           profile_duration_ms=None, first_profile=start + optim.profile_first_step,
           every_secs=None))
 
-    final_metrics = {}
     batches = train_batches(start)
+    try:
+      state, final_metrics = self._train_loop(state, start, batches, eval_batches, manager,
+                                              writer, progress, hooks)
+    finally:
+      # Flush TensorBoard's writer before the input pipeline is torn down: tearing down a
+      # tf.data iterator while TensorFlow's summary writer holds unflushed events stalled for
+      # 10-30 s.
+      writer.flush()
+      if hasattr(batches, "close"):  # a generator: stop its prefetching now, not at gc time.
+        batches.close()
+      manager.close()
+      writer.close()
+    return state, final_metrics
+
+  def _train_loop(self, state, start, batches, eval_batches, manager, writer, progress, hooks):
+    """Steps start+1..num_steps; saves and raises `interrupts.Stopped` on a stop signal."""
+    task, optim = self.task, self.task.optim
+    final_metrics = {}
+    if interrupts.requested():  # before the first step: nothing new to save.
+      raise interrupts.Stopped(interrupts.requested(),
+                              f"{task.name}: stopped at step {start} (nothing new to save)")
     history, pending = [], None  # pending: the step in flight, fetched after the next dispatch.
     logging.info("%s: training steps %d..%d", task.name, start, optim.num_steps)
     for step in range(start + 1, optim.num_steps + 1):
@@ -267,8 +284,9 @@ class Trainer:
       pending = metrics
       for hook in hooks:
         hook(step)
+      stop_signal = interrupts.should_stop(step)
       is_last = step == optim.num_steps
-      will_save = step % optim.checkpoint_every == 0 or is_last
+      will_save = step % optim.checkpoint_every == 0 or is_last or stop_signal
       # Also before every save, so that no NaN state is ever checkpointed.
       if step % optim.log_every == 0 or will_save:
         history, pending = history + [jax.device_get(pending)], None
@@ -282,24 +300,23 @@ class Trainer:
         with progress.timed("checkpoint"):
           checkpoints.save(manager, step, state, {"stage": task.name,
                                                   "signature": task.signature})
-
-    # Flush TensorBoard's writer before the input pipeline is torn down: tearing down a tf.data
-    # iterator while TensorFlow's summary writer holds unflushed events stalled for 10-30 s.
-    writer.flush()
-    if hasattr(batches, "close"):  # a generator: stop its prefetching now, not at garbage time.
-      batches.close()
-    manager.wait_until_finished()
-    manager.close()
-    writer.close()
+      if stop_signal and not is_last:
+        raise interrupts.Stopped(stop_signal, f"{task.name}: saved step {step} and stopped")
     return state, final_metrics
 
   def _restore_or_init(self, manager) -> TrainState:
-    latest = manager.latest_step()
-    if latest is None:
-      state = init_state(self.task, self.seed, self.state_shardings)
-    else:
-      state = checkpoints.restore(manager, latest, self.abstract_state)
-      logging.info("%s: resumed from the checkpoint of step %d", self.task.name, latest)
+    """The newest checkpoint that restores (damaged ones moved aside), else a fresh state."""
+    if manager.all_steps():
+      try:
+        state, step = checkpoints.restore_newest(manager, self.abstract_state,
+                                                 self.task.signature, move_damaged=True)
+        logging.info("%s: resumed from the checkpoint of step %d", self.task.name, step)
+        return self._log_size(state)
+      except checkpoints.CheckpointError as error:  # every one was damaged and moved aside.
+        logging.warning("%s: training from step 0: %s", self.task.name, error)
+    return self._log_size(init_state(self.task, self.seed, self.state_shardings))
+
+  def _log_size(self, state: TrainState) -> TrainState:
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info("%s: %s parameters, mesh %s", self.task.name, f"{num_params:,}",
                  dict(self.mesh.shape))
@@ -310,10 +327,12 @@ class Trainer:
     name, optim = self.task.name, self.task.optim
     if not math.isfinite(scalars["loss"]):
       manager.wait_until_finished()
+      last = manager.latest_step()
       raise FloatingPointError(
           f"{name}: the loss is {scalars['loss']} at step {step}; lower "
           f"config.*.optim.learning_rate (now {optim.learning_rate}) and rerun: training "
-          f"resumes from the last good checkpoint (step {manager.latest_step()})")
+          + (f"resumes from the last good checkpoint (step {last})" if last is not None
+             else "starts again from step 0 (no checkpoint was saved yet)"))
     writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
     logging.info("%s: step %d/%d (%.0f%%) loss %.4f", name, step, optim.num_steps,
                  100 * step / optim.num_steps, scalars["loss"])
