@@ -81,12 +81,24 @@ def run(command: Callable[[], Any]) -> Any:
     absl_logging.flush()
     sys.exit(f"mxq_jax: error: {error}")
   except OSError as error:
+    if "Failed loading config file" in str(error):  # ml_collections loads --config lazily.
+      absl_logging.flush()
+      sys.exit(f"mxq_jax: error: cannot load --config: {_config_load_failure(error)}; "
+               "configs/ lists the configs")
     if error.errno not in _ENVIRONMENT_ERRNOS:
       raise
     absl_logging.flush()
     where = f" ({error.filename})" if error.filename else ""
     sys.exit(f"mxq_jax: error: {error.strerror}{where}; free space or fix the permissions and "
              "rerun the same command")
+
+
+def _config_load_failure(error: OSError) -> str:
+  """'configs/nope.py: No such file or directory' from ml_collections' multi-line report."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  path = next((line for line in lines if line.endswith(".py")), "?")
+  reason = lines[-1].split("] ", 1)[-1] if lines else "?"
+  return f"{path}: {reason}"
 
 
 def check_no_arguments(argv: list[str]) -> None:

@@ -132,12 +132,13 @@ STAGES: dict[str, Callable[[RunContext], dict | None]] = {
 def _check_enough_examples(context: RunContext) -> None:
   """Refuses (one line) a train split smaller than a batch, before anything is trained."""
   config, num = context.config, context.data.train.num_examples
-  for field, optim in (("vqvae", config.vqvae.optim), ("prior", config.prior.optim)):
+  for field, optim in (("vqvae.optim", config.vqvae.optim), ("prior.optim", config.prior.optim),
+                       ("evaluation.classifier_optim", config.evaluation.classifier_optim)):
     per_process = optim.batch_size // jax.process_count()
     if num < per_process:
       raise config_lib.ConfigError(
           f"the train split of {config.data.name} has {num} usable examples per process, "
-          f"fewer than a batch (config.{field}.optim.batch_size={optim.batch_size}); lower the "
+          f"fewer than a batch (config.{field}.batch_size={optim.batch_size}); lower the "
           "batch size or add data")
 
 

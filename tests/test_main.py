@@ -43,6 +43,13 @@ def trained_workdir(tmp_path_factory):
   workdir, data_dir = tmp_path / "work", tmp_path / "tfds"
   common = ["--config=configs/synthetic.py:smoke", f"--workdir={workdir}",
             f"--config.data.data_dir={data_dir}"]
+  # A first run that fails once the data is built (too many pieces for the captions) leaves no
+  # workdir, so the corrected command below trains, evaluates and samples as a fresh one.
+  failing = load_config("synthetic", "smoke")
+  failing.data.update(data_dir=str(data_dir), vocab_size=5000)
+  with pytest.raises(config_lib.ConfigError, match="vocab_size=5000"):
+    run.train_and_evaluate(failing, str(workdir))
+  assert not workdir.exists()
   first = run_main(*common)
   assert first.returncode == 0, first.stderr[-3000:]
   return workdir, common, first
@@ -240,3 +247,17 @@ def test_evaluate_refuses_a_directory_without_samples(trained_workdir, tmp_path)
   assert result.returncode == 1 and "Traceback" not in result.stderr
   assert "holds no samples.jsonl" in last_line(result)
   assert not (tmp_path / "none").exists()
+
+
+def test_sample_stopped_by_a_signal_leaves_nothing(trained_workdir, tmp_path):
+  from mxq_jax import context as context_lib, interrupts
+  from mxq_jax.generation import generate
+  context = context_lib.for_trained_workdir(str(trained_workdir[0]))
+  outdir = tmp_path / "out"
+  with interrupts.handling_stop_signals():
+    interrupts.request("SIGTERM")
+    with pytest.raises(interrupts.Stopped,
+                       match=f"sample: stopped after 0 of 32 pairs, with nothing written to "
+                             f"{outdir}, on SIGTERM"):
+      generate.generate_pairs(context, str(outdir), num_samples=32, batch_size=16, seed=0)
+  assert os.listdir(tmp_path) == []

@@ -65,11 +65,26 @@ def samples_jsonl(samples_dir: str) -> str:
 
 def read_samples(samples_dir: str) -> tuple[np.ndarray, list[str]]:
   """(uint8 images [n, S, S, 3], captions) of a `mxq_jax.sample` output directory."""
-  with open(samples_jsonl(samples_dir)) as f:
-    records = [json.loads(line) for line in f]
-  images = np.stack([np.asarray(Image.open(os.path.join(samples_dir, r["image"])).convert("RGB"))
-                     for r in records])
-  return images, [r["caption"] for r in records]
+  path = samples_jsonl(samples_dir)
+  records = []
+  with open(path) as f:
+    for number, line in enumerate(f, 1):
+      try:
+        record = json.loads(line)
+        records.append((record["image"], record["caption"]))
+      except (ValueError, KeyError, TypeError) as error:
+        raise config_lib.ConfigError(
+            f"{path}, line {number}: not a pair record ({type(error).__name__}: {error}); "
+            "regenerate the directory with `python -m mxq_jax.sample`") from None
+  images = []
+  for image, _ in records:
+    try:
+      images.append(np.asarray(Image.open(os.path.join(samples_dir, image)).convert("RGB")))
+    except OSError as error:
+      raise config_lib.ConfigError(
+          f"{samples_dir}: cannot read the image {image} ({error}); regenerate the directory "
+          "with `python -m mxq_jax.sample`") from None
+  return np.stack(images), [caption for _, caption in records]
 
 
 def label_ids(parsed: dict | None) -> dict | None:

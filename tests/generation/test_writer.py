@@ -208,3 +208,28 @@ def test_progress_redraws_on_a_terminal():
   out = stream.getvalue()
   assert out.count("\r") == 4 and out.endswith("\n") and out.count("\n") == 1
   assert "3/3" in out.rsplit("\r", 1)[-1]
+
+
+def test_unfinished_outputs_of_dead_runs_are_removed_by_the_next_run(tmp_path):
+  """A `sample` killed with SIGKILL leaves `.partial-PID-*`; the next run into the same outdir
+  removes it, and keeps those of live processes (another run still writing)."""
+  import subprocess
+  import sys
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True)
+  stale = tmp_path / f"out.partial-{int(dead.stdout)}-abc"
+  stale_old = tmp_path / f"out.old-{int(dead.stdout)}-def"
+  live = tmp_path / f"out.partial-{os.getppid()}-ghi"
+  for path in (stale, stale_old, live):
+    (path / "images").mkdir(parents=True)
+  staging = sw.open_staging_dir(str(tmp_path / "out"), overwrite=False)
+  assert not stale.exists() and not stale_old.exists() and live.exists()
+  assert os.path.isdir(staging)
+
+
+def test_a_discarded_writer_leaves_nothing(tmp_path):
+  pairs = sw.PairWriter(str(tmp_path / "out"), overwrite=False, total=4)
+  pairs.add_batch(np.zeros((1, 8, 8, 3), np.uint8),
+                  [{"id": 0, "caption": "a", "image": pairs.image_name(0)}])
+  pairs.discard()
+  assert os.listdir(tmp_path) == []

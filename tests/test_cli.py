@@ -1,0 +1,71 @@
+"""What every command shares (`cli.run`): stop signals and the user's errors as one line."""
+
+import errno
+import signal
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from mxq_jax import cli, config_lib, interrupts
+
+
+def exit_of(command) -> SystemExit:
+  with pytest.raises(SystemExit) as exit_info:
+    cli.run(command)
+  return exit_info.value
+
+
+def test_a_missing_config_file_is_one_line():
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
+  values(["mxq_jax.main", "--config=configs/nope.py:smoke"])
+  assert exit_of(lambda: values.config.seed).code == (
+      "mxq_jax: error: cannot load --config: configs/nope.py: No such file or directory: "
+      "'configs/nope.py'; configs/ lists the configs")
+
+
+@pytest.mark.parametrize("error, message", [
+    (config_lib.ConfigError("bad field"), "mxq_jax: error: bad field"),
+    (FloatingPointError("the loss is nan"), "mxq_jax: error: the loss is nan"),
+    (OSError(errno.ENOSPC, "No space left on device", "/w/x"),
+     "mxq_jax: error: No space left on device (/w/x); free space or fix the permissions and "
+     "rerun the same command"),
+])
+def test_errors_a_user_can_fix_are_one_line(error, message):
+  def command():
+    raise error
+  assert exit_of(command).code == message
+
+
+def test_other_errors_keep_their_traceback():
+  def command():
+    raise OSError(errno.EBADF, "a bug")
+  with pytest.raises(OSError, match="a bug"):
+    cli.run(command)
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_a_stop_signal_ends_the_work_at_its_next_check(signum, status, caplog):
+  done = []
+
+  def command():
+    for unit in range(3):
+      interrupts.check(f"demo: stopped after {unit} units")
+      done.append(unit)
+      if unit == 1:
+        signal.raise_signal(signum)  # handled: only a flag is set.
+  assert exit_of(command).code == status
+  assert done == [0, 1]
+  name = signal.Signals(signum).name
+  assert f"demo: stopped after 2 units on {name}; rerun the same command to resume" in caplog.text
+  assert interrupts.requested() is None  # the handlers and the flag are gone with the command.
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_second_ctrl_c_stops_at_once():
+  def command():
+    signal.raise_signal(signal.SIGINT)
+    signal.raise_signal(signal.SIGINT)
+  with pytest.raises(KeyboardInterrupt):
+    cli.run(command)
