@@ -156,19 +156,25 @@ def test_sample_writes_pairs_and_refuses_to_overwrite(trained_workdir, tmp_path)
   assert json.loads(scored.stdout) == metrics and metrics["pairs"] == 4
 
 
-@pytest.mark.parametrize("flag, message", [
-    ("--top_k=0", "--top_k=0 must be >= 1"),
-    ("--top_p=0", "--top_p=0.0 must be in (0, 1]"),
-    ("--top_p=1.5", "--top_p=1.5 must be in (0, 1]"),
-    ("--temperature=0", "--temperature=0.0 must be > 0"),
-    ("--image_temperature=-1", "--image_temperature=-1.0 must be > 0"),
+@pytest.mark.parametrize("setting, message", [
+    ({"top_k": 0}, "--top_k=0 must be >= 1"),
+    ({"top_p": 0.0}, "--top_p=0.0 must be in (0, 1]"),
+    ({"top_p": 1.5}, "--top_p=1.5 must be in (0, 1]"),
+    ({"temperature": 0.0}, "--temperature=0.0 must be > 0"),
+    ({"image_temperature": -1.0}, "--image_temperature=-1.0 must be > 0"),
 ])
-def test_sample_refuses_bad_settings(tmp_path, flag, message):
-  result = run_sample(f"--workdir={tmp_path}", f"--outdir={tmp_path / 'out'}", flag)
+def test_bad_sampling_settings_are_named(setting, message):
+  neutral = {"top_k": 1, "top_p": 1.0, "temperature": 1.0, "image_temperature": None}
+  with pytest.raises(config_lib.ConfigError) as error:
+    config_lib.validate_sampling(**{**neutral, **setting})
+  assert str(error.value).startswith(message)
+
+
+def test_sample_refuses_a_bad_setting_in_one_line_before_reading_the_workdir(tmp_path):
+  result = run_sample(f"--workdir={tmp_path}", f"--outdir={tmp_path / 'out'}", "--top_p=1.5")
   assert result.returncode == 1
-  assert last_line(result).startswith(f"mxq_jax: error: {message}")
-  assert "Traceback" not in result.stderr
-  assert not (tmp_path / "out").exists()
+  assert last_line(result).startswith("mxq_jax: error: --top_p=1.5 must be in (0, 1]")
+  assert "Traceback" not in result.stderr and os.listdir(tmp_path) == []
 
 
 def test_sample_refuses_workdirs_without_a_matching_prior(trained_workdir, tmp_path):

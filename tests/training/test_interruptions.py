@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import prior_run
-from mxq_jax import interrupts
+from mxq_jax import cli, interrupts
 from mxq_jax.training import checkpoints
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "prior_run.py")
@@ -69,8 +69,9 @@ class Run:
 
 
 def test_killed_stopped_and_resumed_runs_end_as_an_uninterrupted_one(tmp_path, uninterrupted):
-  """SIGKILL at 5 seeded random moments, then SIGTERM, then Ctrl-C, each run resumed from the
-  last: the final state is bitwise the uninterrupted run's."""
+  """SIGKILL at 5 seeded random moments, then SIGTERM, each run resumed from the last: the
+  final state is bitwise the uninterrupted run's. (Ctrl-C sets the same flag as SIGTERM, with
+  exit status 130: tests/test_cli.py and the in-process test below.)"""
   workdir, run = tmp_path / "work", Run(tmp_path / "work", tmp_path / "final.npz")
   moments = sorted(random.Random(0).sample(range(2, NUM_STEPS - 8), 5))
   done = 0
@@ -87,29 +88,31 @@ def test_killed_stopped_and_resumed_runs_end_as_an_uninterrupted_one(tmp_path, u
   assert (f"stage2: saved step {stopped_at} and stopped on SIGTERM; rerun the same command to "
           "resume") in stderr
 
-  # Ctrl-C: the same, exit status 130.
-  returncode, stderr = run.interrupt(signal.SIGINT, stopped_at + 3)
-  assert returncode == 130, stderr[-3000:]
-  assert f"resumed from the checkpoint of step {stopped_at}" in stderr
-  interrupted_at = steps_of(workdir)[-1]
-  assert interrupted_at > stopped_at
-  assert f"saved step {interrupted_at} and stopped on SIGINT" in stderr
-
   stderr = run.finish()
-  assert f"resumed from the checkpoint of step {interrupted_at}" in stderr
+  assert f"resumed from the checkpoint of step {stopped_at}" in stderr
   assert_equal_leaves(dict(np.load(run.out)), uninterrupted)
 
 
-def stop_at_batch(monkeypatch, stop_step: int) -> None:
-  """Makes prior_run's batches request a stop (as SIGTERM does) when batch `stop_step` is drawn."""
+def stop_at_batch(monkeypatch, stop_step: int, signal_name: str = "SIGTERM") -> None:
+  """Makes prior_run's batches request a stop (as the signal's handler does) when batch
+  `stop_step` is drawn."""
   original_batches = prior_run.pipeline.array_train_batches
 
   def stopping(*args, **kwargs):
     for step, batch in enumerate(original_batches(*args, **kwargs), args[3] + 1):
       if step == stop_step:
-        interrupts.request("SIGTERM")
+        interrupts.request(signal_name)
       yield batch
   monkeypatch.setattr(prior_run.pipeline, "array_train_batches", stopping)
+
+
+def test_ctrl_c_saves_the_step_in_flight_and_exits_130(tmp_path, monkeypatch, caplog):
+  stop_at_batch(monkeypatch, 6, "SIGINT")
+  with pytest.raises(SystemExit) as exit_info:
+    cli.run(lambda: prior_run.train(str(tmp_path), NUM_STEPS))
+  assert exit_info.value.code == 130
+  assert steps_of(tmp_path) == [4, 6]
+  assert "stage2: saved step 6 and stopped on SIGINT; rerun the same command" in caplog.text
 
 
 def test_a_damaged_latest_checkpoint_is_moved_aside_and_the_one_before_resumed(
