@@ -49,10 +49,10 @@ def request(signal_name: str) -> None:
     _requested.append(signal_name)
 
 
-def _multi_process_preemption() -> bool:
+def _multi_process() -> bool:
+  """Whether `jax.distributed` runs (it installs JAX's preemption service, on by default)."""
   import jax
-  from jax._src import distributed
-  return jax.process_count() > 1 and distributed.global_state.preemption_sync_manager is not None
+  return jax.distributed.is_initialized()
 
 
 def should_stop(step: int) -> str | None:
@@ -63,10 +63,14 @@ def should_stop(step: int) -> str | None:
   default, KeyboardInterrupt: one terminal cannot stop the other hosts at the same step).
   """
   del step  # the service needs an id that only grows, across stages too: our own count.
-  if _multi_process_preemption():
+  if _multi_process():
     from jax.experimental import multihost_utils
     _sync_calls[0] += 1
-    if multihost_utils.reached_preemption_sync_point(_sync_calls[0]):
+    try:
+      reached = multihost_utils.reached_preemption_sync_point(_sync_calls[0])
+    except RuntimeError:  # jax_enable_preemption_service=False: SIGTERM is not ours to handle.
+      return None
+    if reached:
       request("SIGTERM")
       return "SIGTERM"
     return None
@@ -100,7 +104,7 @@ def handling_stop_signals():
     yield
     return
   # Several processes: JAX's preemption service owns SIGTERM, and SIGINT stays Python's.
-  signals = [] if _multi_process_preemption() else [signal.SIGINT, signal.SIGTERM]
+  signals = [] if _multi_process() else [signal.SIGINT, signal.SIGTERM]
   previous = {s: signal.signal(s, _handler) for s in signals}
   try:
     yield
