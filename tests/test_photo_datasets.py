@@ -12,11 +12,11 @@ import jax
 import numpy as np
 import pytest
 
-from mxq_jax import config_lib
+from mxq_jax import config_lib, run
 from mxq_jax.data import manual_data, pipeline, prepared
 from conftest import load_config
 from data import manual_layouts
-from test_main import last_line, run_main, run_sample
+from test_main import run_main
 
 SPECS = manual_layouts.plain_specs(48)  # 32 train and 16 test images, ten captions each.
 WRITERS = {"cub": manual_layouts.write_cub, "flowers": manual_layouts.write_flowers,
@@ -81,13 +81,15 @@ def test_main_trains_and_samples_cub_from_the_published_layout(tmp_path):
   assert metrics["pairs"] == 32 and 0.0 <= metrics["novelty"] <= 1.0
   assert "fid" not in metrics and "clip_score" not in metrics  # no weights: skipped, not 0.
   assert "skipped" in result.stderr and "inception_weights" in result.stderr
-  sampled = run_sample(f"--workdir={workdir}", f"--outdir={tmp_path / 'out'}",
-                       "--num_samples=4")
-  assert sampled.returncode == 0, sampled.stderr[-3000:]
+  # What `python -m mxq_jax.sample` runs (its CLI is tested on caption_digits in test_main).
+  from mxq_jax import context as context_lib
+  from mxq_jax.generation import generate
+  generate.generate_pairs(context_lib.for_trained_workdir(str(workdir)), str(tmp_path / "out"),
+                          num_samples=4, batch_size=8, seed=0)
   assert len(os.listdir(tmp_path / "out" / "images")) == 4
 
-  missing = run_main("--config=configs/cub.py:smoke", f"--config.data.manual_dir={tmp_path}/x",
-                     f"--config.data.data_dir={tmp_path / 'tfds2'}",
-                     f"--workdir={tmp_path / 'work2'}")
-  assert missing.returncode == 1
-  assert last_line(missing).startswith("mxq_jax: error: ") and "manual_dir" in last_line(missing)
+  config = load_config("cub", "smoke")
+  config.data.update(manual_dir=f"{tmp_path}/x", data_dir=str(tmp_path / "tfds2"))
+  with pytest.raises(config_lib.ConfigError, match="missing the manual directory") as error:
+    run.train_and_evaluate(config, str(tmp_path / "work2"))
+  assert "\n" not in str(error.value) and not (tmp_path / "work2").exists()
