@@ -2,7 +2,7 @@
 SIGINT (Ctrl-C) end the work in flight at its next safe point, never mid-write.
 
 `handling_stop_signals()` wraps a command (`cli.run` does it): the first signal only sets a flag
-and says so; a second SIGINT stops at once. Long loops call `check(where)` between units of work
+and says so; a second SIGINT stops at once. Long loops call `check(what)` between units of work
 (a generated batch, an encoded split); the Trainer calls `should_stop(step)` after every step,
 saves that step's checkpoint when it answers True, and raises `Stopped`. `cli.run` turns
 `Stopped` into one log line and exit status 0 (SIGTERM) or 130 (SIGINT).
