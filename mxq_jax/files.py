@@ -6,6 +6,7 @@ the same file at once. Paths are `etils.epath` paths: local directories and `gs:
 """
 
 import json
+import os
 import uuid
 from collections.abc import Callable
 from typing import BinaryIO
@@ -51,3 +52,14 @@ def exists(path: PathLike) -> bool:
 
 def save_npy(path: PathLike, array: np.ndarray) -> None:
   write_atomically(path, lambda f: np.save(f, array))
+
+
+def process_runs(pid: int) -> bool:
+  """Whether process `pid` of this host still runs (its leftovers are then not stale)."""
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # alive, another user's.
+    return True
+  return True

@@ -25,7 +25,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from mxq_jax import config_lib
+from mxq_jax import config_lib, files
 
 LOCK_NAME = ".mxq_jax.lock"
 CONFIG_NAME = "config.json"
@@ -47,14 +47,8 @@ def _start_time(pid: int) -> str | None:
 def _runs(holder: dict) -> bool:
   """Whether the lock's holder (a process of this host) still runs."""
   pid = holder.get("pid")
-  if not isinstance(pid, int):
+  if not isinstance(pid, int) or not files.process_runs(pid):
     return False
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:  # another user's live process.
-    return True
   started = _start_time(pid)
   return started is None or holder.get("start_time") in (None, started)
 

@@ -29,6 +29,8 @@ import numpy as np
 from absl import logging
 from PIL import Image, ImageDraw, ImageFont
 
+from mxq_jax import files
+
 CELL_PAD = 4  # White pixels between grid cells and around the border.
 MIN_CELL_WIDTH = 96  # The default upscale makes a cell at least this wide.
 FONT_SIZE = 12
@@ -66,16 +68,6 @@ def check_outdir(outdir: str, overwrite: bool) -> None:
                       "pass --overwrite to replace it or choose another --outdir")
 
 
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:  # alive, another user's.
-    return True
-  return True
-
-
 def remove_stale_siblings(outdir: str) -> list[str]:
   """Deletes the `.partial-PID-*` and `.old-PID-*` siblings of `outdir` left by processes of
   this host that no longer run (a killed `sample`); returns their paths."""
@@ -84,7 +76,7 @@ def remove_stale_siblings(outdir: str) -> list[str]:
   removed = []
   for entry in os.listdir(parent) if os.path.isdir(parent) else []:
     match = pattern.match(entry)
-    if match and int(match.group(2)) != os.getpid() and not _pid_alive(int(match.group(2))):
+    if match and int(match.group(2)) != os.getpid() and not files.process_runs(int(match.group(2))):
       shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
       removed.append(os.path.join(parent, entry))
   if removed:
