@@ -7,8 +7,8 @@ refused before anything is written.
 
 Saves are synchronous: a save that fails (a full disk, a read-only directory) stops the run at
 that step with one line naming the cause (`CheckpointError`), instead of surfacing, or being
-logged and dropped, in a background thread while training goes on. At this project's sizes a
-save takes well under a second every `checkpoint_every` steps.
+logged and dropped, in a background thread while training goes on. At :smoke sizes training
+waits 0.2-1.2 s a save (1 to 8 devices), once every `checkpoint_every` steps.
 
 A checkpoint that does not restore (a truncated file, a deleted record) is moved aside to
 `{stage}/damaged_checkpoints/` with one warning, and the newest one that restores is used.
@@ -23,6 +23,7 @@ import time
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 from mxq_jax import config_lib
 
@@ -106,6 +107,8 @@ def _quarantine(directory: str, step: int) -> str:
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(destination), exist_ok=True)
     os.rename(os.path.join(directory, str(step)), destination)
+  if jax.process_count() > 1:  # no host looks for the next checkpoint before the move.
+    multihost_utils.sync_global_devices(f"mxq_jax checkpoints: step {step} moved aside")
   return destination
 
 
@@ -123,7 +126,7 @@ def restore_newest(manager: ocp.CheckpointManager, abstract_state, signature: di
     try:
       meta = read_meta(manager, step)
     except Exception as error:  # a damaged record: this checkpoint cannot be trusted.
-      meta, failed = None, error
+      failed = error
     else:
       check_compatible(meta, signature, directory)
       try:
