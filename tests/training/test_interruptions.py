@@ -156,13 +156,12 @@ def small_disk(tmp_path):
   filler = mount / "filler"
 
   def fill():
-    with open(filler, "wb") as f:
-      try:
+    try:
+      with open(filler, "wb", buffering=0) as f:  # unbuffered: nothing left to fail at close.
         while True:
           f.write(b"\0" * 65536)
-          f.flush()
-      except OSError as error:
-        assert error.errno == errno.ENOSPC
+    except OSError as error:
+      assert error.errno == errno.ENOSPC
   yield mount, fill, mounted, filler
   if mounted:
     subprocess.run(["umount", str(mount)], check=True)
