@@ -3,7 +3,7 @@ SIGINT (Ctrl-C) end the work in flight at its next safe point, never mid-write.
 
 `handling_stop_signals()` wraps a command (`cli.run` does it): the first signal only sets a flag
 and says so; a second SIGINT stops at once. Long loops call `check(what)` between units of work
-(a generated batch, an encoded split); the Trainer calls `should_stop(step)` after every step,
+(a generated batch, an encoded split); the Trainer calls `should_stop()` after every step,
 saves that step's checkpoint when it answers True, and raises `Stopped`. `cli.run` turns
 `Stopped` into one log line and exit status 0 (SIGTERM) or 130 (SIGINT).
 
@@ -14,6 +14,7 @@ checkpoint: there SIGTERM is left to JAX's preemption service (installed by
 """
 
 import contextlib
+import itertools
 import signal
 import threading
 
@@ -35,7 +36,8 @@ class Stopped(Exception):
 
 
 _requested: list[str] = []  # the name of the first signal received, once one arrived.
-_sync_calls = [0]  # calls of reached_preemption_sync_point: increasing, the same on every host.
+# Ids for reached_preemption_sync_point: they only grow, across stages too, the same on every host.
+_sync_ids = itertools.count(1)
 
 
 def requested() -> str | None:
@@ -55,19 +57,17 @@ def _multi_process() -> bool:
   return jax.distributed.is_initialized()
 
 
-def should_stop(step: int) -> str | None:
+def should_stop() -> str | None:
   """Called by every host after every train step: the signal to stop on at this step, or None.
 
   Single process: the signal received, if any. Several processes: SIGTERM, when JAX's
   preemption service says every host reached the same sync point (a Ctrl-C there is Python's
   default, KeyboardInterrupt: one terminal cannot stop the other hosts at the same step).
   """
-  del step  # the service needs an id that only grows, across stages too: our own count.
   if _multi_process():
     from jax.experimental import multihost_utils
-    _sync_calls[0] += 1
     try:
-      reached = multihost_utils.reached_preemption_sync_point(_sync_calls[0])
+      reached = multihost_utils.reached_preemption_sync_point(next(_sync_ids))
     except RuntimeError:  # jax_enable_preemption_service=False: SIGTERM is not ours to handle.
       return None
     if reached:

@@ -284,7 +284,7 @@ class Trainer:
       pending = metrics
       for hook in hooks:
         hook(step)
-      stop_signal = interrupts.should_stop(step)
+      stop_signal = interrupts.should_stop()
       is_last = step == optim.num_steps
       will_save = step % optim.checkpoint_every == 0 or is_last or stop_signal
       # Also before every save, so that no NaN state is ever checkpointed.
