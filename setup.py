@@ -2,6 +2,8 @@
 
 import setuptools
 
+AOT = ["jax[tpu]>=0.10.0"]
+
 setuptools.setup(
     name="mxq_jax",
     version="0.1.0",
@@ -29,6 +31,9 @@ setuptools.setup(
         "absl-py>=2.0",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "pytest-xdist>=3.5"],
+        # The ahead-of-time fit check (python -m mxq_jax.aot) compiles for TPU slices with
+        # libtpu, on any host; jax[tpu] picks the libtpu of the installed jax.
+        "aot": AOT,
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", *AOT],
     },
 )

@@ -49,13 +49,15 @@ def hide_accelerators_from_tensorflow() -> None:
       pass
 
 
-def start() -> None:
+def start(distributed: bool = True) -> None:
   """Once, before a command's work: quiet logs, TensorFlow off the accelerators, and
-  `jax.distributed` where the run is multi-process."""
+  `jax.distributed` where the run is multi-process (unless `distributed=False`: a command that
+  runs alone on one host of a slice, like the ahead-of-time fit check)."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   absl_logging.get_absl_handler().addFilter(OwnInfoOnly())
   hide_accelerators_from_tensorflow()
-  initialize_distributed()
+  if distributed:
+    initialize_distributed()
 
 
 # What the machine can refuse a run: a full disk, a read-only or foreign directory, a file where

@@ -475,6 +475,13 @@ def check_divisible_batch(batch_size: int, num_devices: int | None, where: str) 
                       "the mesh; pick a multiple")
 
 
+def evaluation_batch_size(config: ml_collections.ConfigDict, num_devices: int) -> int:
+  """The sampler's batch in a run's evaluate stage: config.sampling.batch_size, no more than
+  the pairs asked for, rounded down to a multiple of the devices (at least one a device)."""
+  batch_size = min(config.sampling.batch_size, config.evaluation.num_samples)
+  return max(batch_size - batch_size % num_devices, num_devices)
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
   """Raises ConfigError (one line: field, value, fix) for a config that cannot train.
 

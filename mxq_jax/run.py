@@ -114,8 +114,7 @@ def train_stage2(context: RunContext) -> dict[str, float]:
 def evaluate(context: RunContext) -> dict[str, float]:
   """Generates config.evaluation.num_samples pairs (config.sampling) and scores them."""
   config, outdir = context.config, samples_dir(context.workdir)
-  batch_size = min(config.sampling.batch_size, config.evaluation.num_samples)
-  batch_size = max(batch_size - batch_size % jax.device_count(), jax.device_count())
+  batch_size = config_lib.evaluation_batch_size(config, jax.device_count())
   summary = generate.generate_pairs(
       context, outdir, num_samples=config.evaluation.num_samples, batch_size=batch_size,
       seed=config.seed, overwrite=True)  # our own directory, incomplete (no metrics.json).

@@ -5,9 +5,21 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # tf.data must never grab a GPU.
+# The test extra installs libtpu (for the ahead-of-time fit check, which compiles for TPU
+# topologies without chips): JAX itself must not look for TPUs here.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import importlib.util
 import pathlib
+import tempfile
+
+# Many tests compile the same small programs (the smoke train step on one mesh, say), in this
+# process and in the `python -m mxq_jax...` subprocesses they start: a persistent cache, shared
+# through the environment by the xdist workers and every subprocess, compiles each once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "mxq_jax_test_compilation_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest
 
@@ -28,13 +40,3 @@ def smoke_config(tmp_path):
   config.data.data_dir = str(tmp_path / "tfds")
   return config
 
-
-def pytest_configure(config):
-  # Many tests compile the same small programs (the smoke train step on one mesh, say):
-  # a persistent cache shared by the xdist workers compiles each once.
-  import jax
-  import tempfile
-  jax.config.update("jax_compilation_cache_dir",
-                    os.path.join(tempfile.gettempdir(), "mxq_jax_test_compilation_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
@@ -56,9 +55,7 @@ class Run:
     return subprocess.Popen(
         [sys.executable, SCRIPT, str(self.workdir), str(NUM_STEPS), str(self.out), *distributed],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=dict(os.environ, JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
-                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
-                 XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"))
+        env=dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"))
 
   def interrupt(self, signum: int, at_batch: int) -> tuple[int, str]:
     proc = self.start()
