@@ -25,10 +25,10 @@ import pytest
 from etils.epath import backend as epath_backend
 from fsspec.implementations.memory import MemoryFileSystem
 
-from mxq_jax import config_lib, files, run, workdir as workdir_lib
+from mxq_jax import config_lib, context as context_lib, files, run, workdir as workdir_lib
 from mxq_jax.data import manual_data, prepared, tokenizer as tokenizer_lib
 from mxq_jax.evaluation import clip, evaluator, weights_io
-from mxq_jax.generation import writer
+from mxq_jax.generation import generate, writer
 from mxq_jax.training import checkpoints, codes as codes_lib
 from conftest import REPO, load_config
 
@@ -233,3 +233,48 @@ def test_workdir_config_and_an_unlocked_hold(bucket, caplog):
     pass
   assert "is used unlocked" in caplog.text
   assert files.listdir(f"{bucket}/work") == ["config.json"]
+
+
+# ------------------------------------------------------------------------ a run in the bucket
+
+
+@pytest.fixture
+def library_dirs_local(monkeypatch, tmp_path):
+  """Checkpoints (Orbax) and TensorBoard logs (clu, TensorFlow) in a local mirror of the
+  bucket: those libraries write gs:// themselves, through clients the fake does not reach."""
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  mirror = tmp_path / "libraries"
+  local = lambda path: str(mirror / os.fspath(path).removeprefix(f"{BUCKET}/"))
+  checkpoint_dir, create_writer = checkpoints.checkpoint_dir, metric_writers.create_default_writer
+  monkeypatch.setattr(checkpoints, "checkpoint_dir",
+                      lambda workdir, stage: local(checkpoint_dir(workdir, stage)))
+  monkeypatch.setattr(metric_writers, "create_default_writer",
+                      lambda logdir, **kwargs: create_writer(local(logdir), **kwargs))
+  return mirror
+
+
+def test_a_smoke_run_trains_resumes_and_samples_in_the_bucket(bucket, library_dirs_local,
+                                                             smoke_config):
+  """Stage 1 to step 3, then a second run that resumes it to 6 and trains the prior, then
+  pairs sampled from the workdir: every file but the checkpoints and logs in the bucket.
+  (The evaluate stage writes nothing more than these do: samples and a JSON record.)"""
+  workdir = f"{bucket}/work"
+  smoke_config.prior.optim.num_steps = 3  # one checkpoint: seconds each at this size.
+  first = load_config("synthetic", "smoke")
+  first.data.data_dir, first.stages, first.vqvae.optim.num_steps = (
+      smoke_config.data.data_dir, "stage1", 3)
+  run.train_and_evaluate(first, workdir)
+  assert checkpoints.latest_step(checkpoints.checkpoint_dir(workdir, "stage1")) == 3
+  smoke_config.stages = "stage1,encode,stage2"
+  results = run.train_and_evaluate(smoke_config, workdir)  # stage 1 resumes at step 3.
+  assert results["stage1"]["step"] == 6 and results["stage2"]["step"] == 3
+  assert files.listdir(workdir) == ["codes", "config.json", "stage1", "stage2", "tokenizer.model"]
+  assert files.read_json(f"{workdir}/stage2/eval_metrics.json") == results["stage2"]
+  assert files.listdir(f"{workdir}/codes/stage1_step_6") == [
+      "meta.json", "test-00000-of-00001.npy", "train-00000-of-00001.npy"]
+  assert sorted(os.listdir(library_dirs_local / "work" / "stage1" / "checkpoints")) == ["3", "6"]
+
+  context = context_lib.for_trained_workdir(workdir)
+  generate.generate_pairs(context, f"{bucket}/pairs", num_samples=8, batch_size=8, seed=0)
+  images, captions = evaluator.read_samples(f"{bucket}/pairs")
+  assert images.shape == (8, 16, 16, 3) and len(captions) == 8
