@@ -29,11 +29,16 @@ setuptools.setup(
         "pillow>=10.0",
         "numpy>=1.26",
         "absl-py>=2.0",
+        # mxq_jax/files.py: the project's own files, local or gs://.
+        "etils[epath]>=1.7",
     ],
     extras_require={
         # The ahead-of-time fit check (python -m mxq_jax.aot) compiles for TPU slices with
         # libtpu, on any host; jax[tpu] picks the libtpu of the installed jax.
         "aot": AOT,
-        "test": ["pytest>=8.0", "pytest-xdist>=3.5", *AOT],
+        # Orbax lists gs:// checkpoint directories with the Cloud Storage client.
+        "gcs": ["google-cloud-storage>=2.0"],
+        # tests/test_remote_paths.py runs gs:// paths against fsspec's in-memory filesystem.
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "fsspec>=2023.1", *AOT],
     },
 )

@@ -17,7 +17,6 @@ Config overrides apply to every variant, so a shorter budget is a matter of flag
 
 import functools
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -154,11 +153,13 @@ def share_classifier(workdir: str, variant_dir: str, seed: int) -> None:
                                                                               "classifier")
   if jax.process_index() != 0:
     return
-  if os.path.isdir(shared) and not os.path.exists(own):
-    shutil.copytree(shared, own)
-  elif os.path.isdir(own) and not os.path.exists(shared):
-    shutil.copytree(own, f"{shared}.tmp")  # renamed whole: never a half-copied classifier.
-    os.replace(f"{shared}.tmp", shared)
+  if files.is_dir(shared) and not files.exists(own):
+    files.copy_tree(shared, own)
+  elif files.is_dir(own) and not files.exists(shared):
+    # Renamed whole: never a half-copied classifier. On gs:// the rename too copies object by
+    # object: a crash inside it can leave part of one, to delete by hand.
+    files.copy_tree(own, f"{shared}.tmp")
+    files.rename(f"{shared}.tmp", shared)
 
 
 def run_ablations(config: ml_collections.ConfigDict, workdir: str, names: Sequence[str],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import operator
 import os
 import types
@@ -19,6 +20,8 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import ml_collections
+
+from mxq_jax import files
 
 if TYPE_CHECKING:
   from mxq_jax.models import codebooks, mxq_vae
@@ -247,9 +250,7 @@ def from_json_file(path: str) -> ml_collections.ConfigDict:
   changes a model's shape or meaning, its checkpoint's recorded signature no longer matches and
   restoring it is refused.
   """
-  import json
-  with open(path) as f:
-    data = json.load(f)
+  data = json.loads(files.read_text(path))
 
   def merge(config: ml_collections.ConfigDict, stored: dict) -> None:
     for key, value in stored.items():

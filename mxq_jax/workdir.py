@@ -119,7 +119,7 @@ def _undo_first_run(workdir: str, existed: bool, before: set[str]) -> None:
 @contextlib.contextmanager
 def hold(workdir: str):
   """The workdir, locked for this run; a failed first run is undone (see the module doc)."""
-  local = "://" not in workdir
+  local = files.is_local(workdir)  # the lock and the undoing below use os: local only.
   if local and os.path.exists(workdir) and not os.path.isdir(workdir):
     raise config_lib.ConfigError(f"--workdir={workdir} is a file, not a directory; choose "
                                  "another --workdir")

@@ -27,7 +27,6 @@ import json
 import math
 import os
 import time
-import uuid
 
 from absl import logging
 from etils import epath
@@ -35,7 +34,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from mxq_jax import config_lib
+from mxq_jax import config_lib, files
 
 REPORT_NAME = "build_report.json"
 FLAG = "--config.data.manual_dir=DIR"
@@ -315,11 +314,8 @@ class BuildReport:
       (logging.warning if counts.skipped else logging.info)("%s", self.summary(split))
 
   def write(self, path: str) -> None:
-    """JSON at path, atomically: written beside it, then renamed over it."""
-    path = epath.Path(path)
-    partial = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    partial.write_text(json.dumps(self.as_dict(), indent=1) + "\n")
-    partial.replace(path)
+    """JSON at path, atomically (`files.write_atomically`)."""
+    files.write_text(path, json.dumps(self.as_dict(), indent=1) + "\n")
 
 
 def report_path(builder: tfds.core.DatasetBuilder) -> str:
@@ -328,8 +324,8 @@ def report_path(builder: tfds.core.DatasetBuilder) -> str:
 
 def read_report(builder: tfds.core.DatasetBuilder) -> dict | None:
   """The build report of a prepared builder, or None when it has none."""
-  path = epath.Path(report_path(builder))
-  return json.loads(path.read_text()) if path.exists() else None
+  path = report_path(builder)
+  return json.loads(files.read_text(path)) if files.exists(path) else None
 
 
 # ------------------------------------------------------------------------------ building

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from mxq_jax import files
 from mxq_jax.data import caption_attributes
 from mxq_jax.data import caption_digits
 from mxq_jax.data import prepared
@@ -154,7 +155,7 @@ def _tokenizer(data_config: ml_collections.ConfigDict, builder: tfds.core.Datase
   the data directory.
   """
   workdir_path = os.path.join(workdir, "tokenizer.model")
-  if not tf.io.gfile.exists(workdir_path):
+  if not files.exists(workdir_path):
     variant = f"{data_config.vocab_size}{'-lower' if data_config.lowercase else ''}"
     if data_config.name in ATTRIBUTE_DATASETS:
       variant = str(data_config.vocab_size)  # their captions are lowercase already.
@@ -162,9 +163,7 @@ def _tokenizer(data_config: ml_collections.ConfigDict, builder: tfds.core.Datase
     required = caption_attributes.alphabet() if data_config.name in ATTRIBUTE_DATASETS else ""
     tokenizer_lib.load_or_train(dataset_path, [c for cs in train_captions for c in cs],
                                 data_config.vocab_size, required_chars=required)
-    tf.io.gfile.makedirs(workdir)
-    tf.io.gfile.copy(dataset_path, f"{workdir_path}.tmp", overwrite=True)
-    tf.io.gfile.rename(f"{workdir_path}.tmp", workdir_path, overwrite=True)
+    files.write_bytes(workdir_path, files.read_bytes(dataset_path))
   return tokenizer_lib.load_or_train(workdir_path, (), data_config.vocab_size)
 
 

@@ -78,9 +78,8 @@ def _prepare_split(builder: tfds.core.DatasetBuilder, split: str, size: int) -> 
     captions.append([t.decode("utf-8") for t in texts])
   if len(captions) != num:
     raise ValueError(f"{builder.name} {split}: read {len(captions)} examples, TFDS says {num}")
-  tf.io.gfile.makedirs(os.path.dirname(images_path))
-  files.write_atomically(images_path, lambda f: np.save(f, images))
-  files.write_atomically(captions_path, lambda f: f.write(json.dumps(captions).encode("utf-8")))
+  files.save_npy(images_path, images)
+  files.write_text(captions_path, json.dumps(captions))
   seconds = time.perf_counter() - start
   logging.info("data %s %s: prepared %d images at %d px in %.1f s (%.0f images/s) -> %s",
                builder.name, split, num, size, seconds, num / max(seconds, 1e-9), images_path)
@@ -90,7 +89,7 @@ def prepare(builder: tfds.core.DatasetBuilder, size: int) -> None:
   """Writes the size-px cache of both splits unless it exists."""
   for split in SPLITS:
     images_path, captions_path = _paths(builder, split, size)
-    if not (tf.io.gfile.exists(images_path) and tf.io.gfile.exists(captions_path)):
+    if not (files.exists(images_path) and files.exists(captions_path)):
       _prepare_split(builder, split, size)
 
 
@@ -98,10 +97,8 @@ def load(builder: tfds.core.DatasetBuilder, split: str,
          size: int) -> tuple[np.ndarray, list[list[str]]]:
   """(images uint8 [n, size, size, 3], every image's captions) from the cache `prepare` wrote."""
   images_path, captions_path = _paths(builder, split, size)
-  with tf.io.gfile.GFile(images_path, "rb") as f:
-    images = np.load(f)
-  with tf.io.gfile.GFile(captions_path, "rb") as f:
-    captions = json.loads(f.read())
+  images = files.load_npy(images_path)
+  captions = json.loads(files.read_bytes(captions_path))
   if len(captions) != len(images):
     raise ValueError(f"{os.path.dirname(images_path)}: {len(images)} images but "
                      f"{len(captions)} caption lists; delete the directory to prepare it again")

@@ -16,13 +16,6 @@ from mxq_jax import files
 from mxq_jax.config_lib import ConfigError
 
 
-def _gfile():
-  """tf.io.gfile (local paths and gs:// alike), imported on first use: the model code that
-  only needs the special ids below must not pull in TensorFlow."""
-  import tensorflow as tf
-  return tf.io.gfile
-
-
 PAD_ID = 0
 UNK_ID = 1
 BOS_ID = 2
@@ -88,8 +81,8 @@ class Tokenizer:
 
   @classmethod
   def load(cls, path: str) -> "Tokenizer":
-    with _gfile().GFile(path, "rb") as f:
-      return cls(spm.SentencePieceProcessor(model_proto=f.read()))
+    # From bytes: SentencePiece's own loader reads local files only.
+    return cls(spm.SentencePieceProcessor(model_proto=files.read_bytes(path)))
 
   @property
   def vocab_size(self) -> int:
@@ -129,7 +122,7 @@ class Tokenizer:
 def load_or_train(path: str, captions: Iterable[str], vocab_size: int,
                   required_chars: str = "") -> Tokenizer:
   """The tokenizer at `path` when it exists (its size must match), else one trained there."""
-  if not _gfile().exists(path):
+  if not files.exists(path):
     train_tokenizer(captions, vocab_size, path, required_chars)
   tokenizer = Tokenizer.load(path)
   if tokenizer.vocab_size != vocab_size:

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mxq_jax import files
 from mxq_jax.evaluation import batching, weights_io
 
 REPO_URL = "https://huggingface.co/openai/clip-vit-base-patch32"
@@ -145,10 +146,8 @@ class Tokenizer:
 
   @classmethod
   def from_files(cls, vocab_path: str, merges_path: str) -> "Tokenizer":
-    with open(vocab_path, encoding="utf-8") as f:
-      vocab = json.load(f)
-    with open(merges_path, encoding="utf-8") as f:
-      lines = [line.split() for line in f.read().split("\n")]
+    vocab = json.loads(files.read_text(vocab_path))
+    lines = [line.split() for line in files.read_text(merges_path).split("\n")]
     merges = [tuple(parts) for parts in lines if len(parts) == 2 and not parts[0].startswith("#")]
     return cls(vocab, merges)
 
@@ -442,13 +441,12 @@ def load(clip_dir: str) -> Clip:
   Raises WeightFileError (one line, naming the file) when one is missing or does not fit.
   """
   for name in FILES:
-    if not os.path.isfile(os.path.join(clip_dir, name)):
+    if not files.is_file(os.path.join(clip_dir, name)):
       raise weights_io.WeightFileError(
           f"{clip_dir}: has no {name} (a CLIP folder holds {', '.join(FILES)})")
   config_path = os.path.join(clip_dir, "config.json")
   try:
-    with open(config_path) as f:
-      config = config_from_json(json.load(f))
+    config = config_from_json(json.loads(files.read_text(config_path)))
   except (ValueError, AttributeError) as error:
     raise weights_io.WeightFileError(f"{config_path}: not a CLIP config.json ({error})") from None
   weights_path = os.path.join(clip_dir, "model.safetensors")

@@ -34,6 +34,7 @@ the template parser reads every caption:
 """
 
 import functools
+import io
 import json
 import os
 
@@ -56,7 +57,7 @@ METRICS_NAME = "metrics.json"
 def samples_jsonl(samples_dir: str) -> str:
   """The path of a `mxq_jax.sample` directory's samples.jsonl; ConfigError when it has none."""
   path = os.path.join(samples_dir, "samples.jsonl")
-  if not os.path.isfile(path):
+  if not files.is_file(path):
     raise config_lib.ConfigError(
         f"--samples={samples_dir} holds no samples.jsonl; write one with "
         "`python -m mxq_jax.sample --workdir=... --outdir=...`")
@@ -67,7 +68,7 @@ def read_samples(samples_dir: str) -> tuple[np.ndarray, list[str]]:
   """(uint8 images [n, S, S, 3], captions) of a `mxq_jax.sample` output directory."""
   path = samples_jsonl(samples_dir)
   records = []
-  with open(path) as f:
+  with files.open(path) as f:
     for number, line in enumerate(f, 1):
       try:
         record = json.loads(line)
@@ -79,7 +80,8 @@ def read_samples(samples_dir: str) -> tuple[np.ndarray, list[str]]:
   images = []
   for image, _ in records:
     try:
-      images.append(np.asarray(Image.open(os.path.join(samples_dir, image)).convert("RGB")))
+      data = files.read_bytes(os.path.join(samples_dir, image))  # Pillow reads local files only.
+      images.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
     except OSError as error:
       raise config_lib.ConfigError(
           f"{samples_dir}: cannot read the image {image} ({error}); regenerate the directory "

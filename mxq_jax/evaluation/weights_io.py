@@ -22,14 +22,13 @@ constructors are resolved, to stand-ins that build numpy arrays; any other globa
 import collections
 import dataclasses
 import json
-import os
 import pickle
 import struct
 import zipfile
 
 import numpy as np
 
-from mxq_jax import config_lib
+from mxq_jax import config_lib, files
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
@@ -145,7 +144,7 @@ def _storage_dtype(storage_type, byteorder: str = "<") -> np.dtype:
 
 
 def _read_zip_pth(path: str):
-  with zipfile.ZipFile(path) as archive:
+  with files.open(path, "rb") as f, zipfile.ZipFile(f) as archive:
     names = archive.namelist()
     prefix = names[0].split("/")[0] + "/" if names and "/" in names[0] else ""
     if prefix + "data.pkl" not in names:
@@ -169,7 +168,7 @@ def _read_zip_pth(path: str):
 
 
 def _read_legacy_pth(path: str):
-  with open(path, "rb") as f:
+  with files.open(path, "rb") as f:
     header = [_RestrictedUnpickler(f).load() for _ in range(3)]
     if header[0] != _LEGACY_MAGIC or header[1] != _LEGACY_PROTOCOL:
       raise ValueError("neither a zip archive nor a legacy torch.save file")
@@ -213,9 +212,9 @@ def read_pth(path: str) -> dict[str, np.ndarray]:
 
   Raises WeightFileError (one line, naming the file) when it is missing or is not one.
   """
-  if not os.path.isfile(path):
+  if not files.is_file(path):
     raise WeightFileError(f"{path}: no such file")
-  with open(path, "rb") as f:
+  with files.open(path, "rb") as f:
     is_zip = f.read(4) == b"PK\x03\x04"
   try:
     result = _read_zip_pth(path) if is_zip else _read_legacy_pth(path)
@@ -237,17 +236,16 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
 
   Raises WeightFileError (one line, naming the file) when it is missing or is not one.
   """
-  if not os.path.isfile(path):
+  if not files.is_file(path):
     raise WeightFileError(f"{path}: no such file")
-  size = os.path.getsize(path)
+  size = files.size(path)
   try:
-    with open(path, "rb") as f:
+    with files.open(path, "rb") as f:
       (header_size,) = struct.unpack("<Q", f.read(8))
       if header_size > size - 8:
         raise ValueError(f"header length {header_size} exceeds the file")
       header = json.loads(f.read(header_size))
-    buffer = np.memmap(path, np.uint8, mode="r", offset=8 + header_size) if size > 8 + header_size \
-        else np.zeros(0, np.uint8)
+      buffer = _tensor_bytes(path, f, 8 + header_size, size)
     tensors = {}
     for name, info in header.items():
       if name == "__metadata__":
@@ -264,6 +262,15 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
   return tensors
 
 
+def _tensor_bytes(path: str, f, offset: int, size: int) -> np.ndarray:
+  """uint8 [size - offset]: the rest of the file `f`, memory-mapped where it is local."""
+  if size <= offset:
+    return np.zeros(0, np.uint8)
+  if files.is_local(path):
+    return np.memmap(path, np.uint8, mode="r", offset=offset)
+  return np.frombuffer(f.read(), np.uint8)  # read-only, as the memory map.
+
+
 def write_safetensors(path: str, tensors: dict[str, np.ndarray]) -> None:
   """Writes {name: array} as a .safetensors file (the inverse of `read_safetensors`)."""
   names = {np.dtype(v).name: k for k, v in _SAFETENSORS_DTYPES.items() if v != "bfloat16"}
@@ -276,10 +283,11 @@ def write_safetensors(path: str, tensors: dict[str, np.ndarray]) -> None:
     offset += array.nbytes
   encoded = json.dumps(header).encode()
   encoded += b" " * (-len(encoded) % 8)  # the format pads the header to 8 bytes.
-  with open(path, "wb") as f:
+  def write(f):
     f.write(struct.pack("<Q", len(encoded)) + encoded)
     for array in arrays.values():
       f.write(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes(order="C"))
+  files.write_atomically(path, write)
 
 
 # ------------------------------------------------------------------------------------ checks

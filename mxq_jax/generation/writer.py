@@ -8,19 +8,24 @@ which everything is written; `publish` then renames that into place. A crash bef
 `publish` leaves `outdir` untouched (plus a `*.partial-*` sibling), and `publish` itself only
 renames, so `outdir` ends up holding the old content or the new, never a mix.
 
+On `gs://` a directory rename is a copy and a delete of every object: no more atomic than
+writing in place, and far slower. There `outdir` itself is the staging directory (emptied
+first), and samples.jsonl, written last, is what marks the pairs complete: a crash leaves an
+`outdir` without it, which `evaluate` refuses.
+
 `PairWriter` puts these together for a run of generated pairs; `Progress` is a
 dependency-free progress bar for stderr that stays short in log files.
 """
 
 import functools
+import io
 import json
 import math
 import os
 import re
+import contextlib
 import secrets
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from typing import TextIO
@@ -47,23 +52,22 @@ class OutdirError(ValueError):
 
 def _split(outdir: str) -> tuple[str, str]:
   """(parent, basename) of `outdir`, tolerant of a trailing slash."""
-  path = os.path.abspath(outdir)
+  path = files.absolute(outdir).rstrip("/")
   return os.path.dirname(path), os.path.basename(path)
 
 
-def _default_dir_mode() -> int:
-  # mkdtemp makes 0o700 dirs; the published outdir should look like one `mkdir` would make.
-  umask = os.umask(0)
-  os.umask(umask)
-  return 0o777 & ~umask
+def _is_file(path: str) -> bool:
+  """A file, or a link (even a dangling one): nothing to make a directory of."""
+  return os.path.lexists(path) and not os.path.isdir(path) if files.is_local(path) \
+      else files.is_file(path)
 
 
 def check_outdir(outdir: str, overwrite: bool) -> None:
   """Refuses (OutdirError) a file, or a non-empty directory unless `overwrite`."""
-  if os.path.lexists(outdir) and not os.path.isdir(outdir):
+  if _is_file(outdir):
     raise OutdirError(f"--outdir {outdir!r} exists and is not a directory; "
                       "choose another --outdir")
-  if os.path.isdir(outdir) and os.listdir(outdir) and not overwrite:
+  if files.listdir(outdir) and not overwrite:
     raise OutdirError(f"--outdir {outdir!r} exists and is not empty; "
                       "pass --overwrite to replace it or choose another --outdir")
 
@@ -74,10 +78,11 @@ def remove_stale_siblings(outdir: str) -> list[str]:
   parent, name = _split(outdir)
   pattern = re.compile(rf"{re.escape(name)}\.(partial|old)-(\d+)-")
   removed = []
-  for entry in os.listdir(parent) if os.path.isdir(parent) else []:
+  for entry in files.listdir(parent):
     match = pattern.match(entry)
     if match and int(match.group(2)) != os.getpid() and not files.process_runs(int(match.group(2))):
-      shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+      with contextlib.suppress(OSError):
+        files.remove(os.path.join(parent, entry))
       removed.append(os.path.join(parent, entry))
   if removed:
     logging.info("removed %d unfinished output(s) of stopped runs beside %s", len(removed),
@@ -90,15 +95,18 @@ def open_staging_dir(outdir: str, overwrite: bool) -> str:
 
   Refuses (OutdirError) when `outdir` is a file, or a non-empty directory and not
   `overwrite`. Creates `outdir`'s parent if needed but never `outdir` itself: that appears
-  only in `publish(staging, outdir)`.
+  only in `publish(staging, outdir)`. On `gs://`, `outdir` emptied (see the module doc).
   """
   check_outdir(outdir, overwrite)
+  if not files.is_local(outdir):
+    files.remove(outdir)
+    return outdir
   parent, name = _split(outdir)
-  os.makedirs(parent, exist_ok=True)
+  files.makedirs(parent)
   remove_stale_siblings(outdir)
   # Same parent as outdir, so that `publish` is a rename within one filesystem.
-  staging = tempfile.mkdtemp(dir=parent, prefix=f"{name}.partial-{os.getpid()}-")
-  os.chmod(staging, _default_dir_mode())
+  staging = os.path.join(parent, f"{name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
+  files.makedirs(staging, exist_ok=False)
   return staging
 
 
@@ -107,14 +115,17 @@ def publish(staging: str, outdir: str) -> None:
 
   Only renames until the new content is in place: an existing `outdir` is first renamed to
   a `*.old-*` sibling, then `staging` to `outdir`, then the old copy is deleted. A crash in
-  between leaves `outdir` absent (old content in the `.old-*` sibling) or complete.
+  between leaves `outdir` absent (old content in the `.old-*` sibling) or complete. On `gs://`
+  the staging directory is `outdir` itself: nothing to move.
   """
-  if not os.path.isdir(staging):
+  if staging == outdir and not files.is_local(outdir):
+    return
+  if not files.is_dir(staging):
     raise OutdirError(f"staging directory {staging!r} does not exist")
-  if os.path.lexists(outdir) and not os.path.isdir(outdir):
+  if _is_file(outdir):
     raise OutdirError(f"--outdir {outdir!r} exists and is not a directory; "
                       "choose another --outdir")
-  parent, name = _split(outdir)
+  parent, name = _split(outdir)  # local from here on: os.rename is the atomic step.
   old = None
   if os.path.lexists(outdir):
     old = os.path.join(parent, f"{name}.old-{os.getpid()}-{secrets.token_hex(4)}")
@@ -122,7 +133,8 @@ def publish(staging: str, outdir: str) -> None:
   os.rename(staging, outdir)
   if old is not None:
     # The new content is already in place; a failed clean-up must not fail the run.
-    shutil.rmtree(old, ignore_errors=True)
+    with contextlib.suppress(OSError):
+      files.remove(old)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,10 +150,17 @@ def _check_images(images: np.ndarray, rank: int, name: str) -> None:
     raise ValueError(f"{name} must have shape {want} (RGB), got {images.shape}")
 
 
-def save_png(path: str, image_HxWx3: np.ndarray) -> None:
-  """Writes one uint8 RGB image as a PNG."""
+def png_bytes(image_HxWx3: np.ndarray) -> bytes:
+  """One uint8 RGB image, encoded as a PNG."""
   _check_images(image_HxWx3, 3, "image_HxWx3")
-  Image.fromarray(np.ascontiguousarray(image_HxWx3)).save(path, format="PNG")
+  buffer = io.BytesIO()
+  Image.fromarray(np.ascontiguousarray(image_HxWx3)).save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
+def save_png(path: str, image_HxWx3: np.ndarray) -> None:
+  """Writes one uint8 RGB image as a PNG, in place: its directory is published whole."""
+  files.write_bytes(path, png_bytes(image_HxWx3), atomic=False)
 
 
 @functools.lru_cache(maxsize=None)
@@ -244,12 +263,15 @@ def _to_json(value):
   raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
+def jsonl(records: Iterable[dict]) -> str:
+  """One JSON object per line, non-ASCII kept as is."""
+  return "".join(json.dumps(record, sort_keys=False, ensure_ascii=False, default=_to_json) + "\n"
+                 for record in records)
+
+
 def write_jsonl(path: str, records: Iterable[dict]) -> None:
-  """Writes one JSON object per line, UTF-8, non-ASCII kept as is."""
-  with open(path, "w", encoding="utf-8", newline="\n") as f:
-    for record in records:
-      f.write(json.dumps(record, sort_keys=False, ensure_ascii=False, default=_to_json))
-      f.write("\n")
+  """Writes `jsonl(records)` as UTF-8."""
+  files.write_text(path, jsonl(records))
 
 
 def _clock(seconds: float) -> str:
@@ -331,7 +353,7 @@ class PairWriter:
   def __init__(self, outdir: str, *, overwrite: bool, total: int, grid_size: int = 64):
     self.outdir, self.grid_size = outdir, grid_size
     self.staging = open_staging_dir(outdir, overwrite)
-    os.makedirs(os.path.join(self.staging, "images"))
+    files.makedirs(os.path.join(self.staging, "images"))
     self.records, self.grid_images, self.grid_captions = [], [], []
     self.progress = Progress(total, "sample")
 
@@ -348,12 +370,14 @@ class PairWriter:
   def discard(self) -> None:
     """Deletes the staging directory: a stopped run leaves outdir as it found it."""
     self.progress.close()
-    shutil.rmtree(self.staging, ignore_errors=True)
+    with contextlib.suppress(OSError):
+      files.remove(self.staging)
 
   def publish(self) -> None:
-    """Writes samples.jsonl and grid.png, then renames the staging directory to `outdir`."""
+    """Writes grid.png and samples.jsonl (last: on `gs://` it marks the pairs complete), then
+    renames the staging directory to `outdir`."""
     self.progress.close()
-    write_jsonl(os.path.join(self.staging, "samples.jsonl"), self.records)
     save_png(os.path.join(self.staging, "grid.png"),
              captioned_grid(np.stack(self.grid_images), self.grid_captions))
+    write_jsonl(os.path.join(self.staging, "samples.jsonl"), self.records)
     publish(self.staging, self.outdir)

@@ -15,9 +15,9 @@ A checkpoint that does not restore (a truncated file, a deleted record) is moved
 """
 
 import errno
+import contextlib
 import json
 import os
-import shutil
 import time
 
 import jax
@@ -25,7 +25,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from mxq_jax import config_lib
+from mxq_jax import config_lib, files
 
 
 class CheckpointError(config_lib.ConfigError):
@@ -37,12 +37,25 @@ def checkpoint_dir(workdir: str, stage_name: str) -> str:
   return os.path.join(workdir, stage_name, "checkpoints")
 
 
+def _check_gcs_client(directory: str) -> None:
+  """Orbax lists a `gs://` checkpoint directory with the google-cloud-storage client, which it
+  does not install: say so in one line rather than with its ImportError."""
+  if not directory.startswith("gs://"):
+    return
+  try:
+    from google.cloud import storage  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    raise CheckpointError(f"checkpoints in {directory} need the google-cloud-storage package: "
+                          "pip install -e '.[gcs]'") from None
+
+
 def make_manager(directory: str, keep: int) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                          enable_async_checkpointing=False)
+  _check_gcs_client(directory)
   try:
     return ocp.CheckpointManager(
-        os.path.abspath(directory), options=options, item_names=("state", "meta"))
+        files.absolute(directory), options=options, item_names=("state", "meta"))
   except Exception as error:  # e.g. a read-only workdir: orbax creates the directory here.
     raise CheckpointError(f"cannot create the checkpoint directory {directory} "
                           f"({cause(error)}); fix its permissions or choose another "
@@ -63,9 +76,10 @@ def cause(error: BaseException) -> str:
 
 def _remove_unfinished(directory: str) -> None:
   """Deletes orbax's temporary directories of saves that never completed."""
-  for name in os.listdir(directory) if os.path.isdir(directory) else []:
+  for name in files.listdir(directory):
     if ".orbax-checkpoint-tmp" in name:
-      shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+      with contextlib.suppress(OSError):
+        files.remove(os.path.join(directory, name))
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
@@ -102,11 +116,11 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
 
 def _quarantine(directory: str, step: int) -> str:
   """Moves the step's checkpoint out of orbax's sight, into `{stage}/damaged_checkpoints`."""
-  destination = os.path.join(os.path.dirname(os.path.abspath(directory)), "damaged_checkpoints",
+  destination = os.path.join(os.path.dirname(files.absolute(directory)), "damaged_checkpoints",
                              f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(destination), exist_ok=True)
-    os.rename(os.path.join(directory, str(step)), destination)
+    files.makedirs(os.path.dirname(destination))
+    files.rename(os.path.join(directory, str(step)), destination)
   if jax.process_count() > 1:  # no host looks for the next checkpoint before the move.
     multihost_utils.sync_global_devices(f"mxq_jax checkpoints: step {step} moved aside")
   return destination
@@ -151,9 +165,10 @@ def restore_newest(manager: ocp.CheckpointManager, abstract_state, signature: di
 
 def open_read_only(directory: str) -> ocp.CheckpointManager | None:
   """A manager that never writes, or None when `directory` does not exist."""
-  if not os.path.isdir(directory):
+  if not files.is_dir(directory):
     return None
-  return ocp.CheckpointManager(os.path.abspath(directory),
+  _check_gcs_client(directory)
+  return ocp.CheckpointManager(files.absolute(directory),
                                options=ocp.CheckpointManagerOptions(create=False, read_only=True))
 
 

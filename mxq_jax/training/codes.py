@@ -11,7 +11,6 @@ is simply re-encoded. Readers take every shard and keep their own slice, so the 
 number of processes. `on_the_fly` is the alternative that writes nothing.
 """
 
-import glob
 import os
 import time
 from collections.abc import Iterator
@@ -55,7 +54,7 @@ def local_rows(array: jax.Array) -> np.ndarray:
 
 
 def is_complete(directory: str) -> bool:
-  return os.path.exists(os.path.join(directory, "meta.json"))
+  return files.exists(os.path.join(directory, "meta.json"))
 
 
 def encode_splits(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
@@ -63,7 +62,6 @@ def encode_splits(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sha
                   stage1_step: int) -> str:
   """Writes the codes of both splits for the stage-1 `state` of `stage1_step`; returns the dir."""
   directory = codes_dir(workdir, stage1_step)
-  os.makedirs(directory, exist_ok=True)
   encode = make_encode_step(config, mesh)
   batch_sharding = sharding.batch_sharding(mesh)
   batch_size = config.vqvae.optim.batch_size
@@ -112,13 +110,13 @@ def check_matches(directory: str, config: ml_collections.ConfigDict) -> None:
 def load_codes(directory: str, split: str) -> np.ndarray:
   """This process's slice (examples p::P) of a split's codes, int32 [n, N]."""
   meta = read_meta(directory)
-  paths = sorted(glob.glob(os.path.join(directory, f"{split}-*-of-*.npy")))
+  paths = files.glob(directory, f"{split}-*-of-*.npy")
   if len(paths) != meta["num_shards"]:
     raise FileNotFoundError(
         f"{directory}: {len(paths)} {split} shards, meta.json says {meta['num_shards']}; "
         "delete the directory to re-encode")
   # Shard p holds global examples p::P; interleave back to the global order, then re-slice.
-  shards = [np.load(path) for path in paths]
+  shards = [files.load_npy(path) for path in paths]
   codes = np.empty((sum(len(s) for s in shards), meta["seq_len"]), np.int32)
   for p, shard in enumerate(shards):
     codes[p::len(shards)] = shard
