@@ -23,6 +23,7 @@ import fsspec
 import numpy as np
 import pytest
 from etils.epath import backend as epath_backend
+from etils.epath import gpath as epath_gpath
 from fsspec.implementations.memory import MemoryFileSystem
 
 from mxq_jax import config_lib, context as context_lib, files, run, workdir as workdir_lib
@@ -60,6 +61,9 @@ def stray_local_paths(directory) -> list[str]:
 def bucket(monkeypatch, tmp_path):
   """An empty gs://bucket; the test runs in an empty local directory that must stay empty."""
   monkeypatch.setenv("EPATH_USE_TF", "false")
+  # The variable alone did not hold in the full suite (some test before this file on the same
+  # xdist worker left epath choosing TensorFlow's GCS client): pin the choice itself as well.
+  monkeypatch.setattr(epath_gpath, "_is_tf_installed", lambda: False)
   for protocol in FakeGCS.protocol:
     fsspec.register_implementation(protocol, FakeGCS, clobber=True)
   epath_backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
