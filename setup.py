@@ -11,6 +11,8 @@ setuptools.setup(
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["mxq_jax", "mxq_jax.*"]),
+    # The trained models `python -m mxq_jax.sample --pretrained=NAME` samples from.
+    package_data={"mxq_jax": ["pretrained_models/*/*"]},
     python_requires=">=3.11",
     install_requires=[
         # jax 0.10.x is the newest for Python 3.11; Python 3.12+ gets 0.11+.

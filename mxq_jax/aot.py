@@ -1,4 +1,4 @@
-r"""Will the run fit the slice? `python -m mxq_jax.aot --config=configs/cub.py --topology=v5litepod-8`.
+r"""Will the run fit the TPU slice? `python -m mxq_jax.aot --config=CONFIG --topology=TYPE`.
 
 On any CPU host (a laptop, the TPU VM's worker 0 before training), compiles ahead of time every
 program `python -m mxq_jax.main --config=...` would run on that TPU slice, with the run's mesh

@@ -107,10 +107,11 @@ def parse_slice(name: str) -> TpuSlice:
     chips, remainder = divmod(int(gcloud.group(2)), generation.cores_per_chip_in_name)
     shapes = SHAPES_3D if generation.megacore else SHAPES_2D
     if remainder or chips not in shapes:
+      known = ", ".join(f"{gcloud.group(1)}-{c * generation.cores_per_chip_in_name}"
+                        for c in shapes)
       raise config_lib.ConfigError(
-          f"--topology={name}: no {gcloud.group(1)} slice of that size is known here; "
-          f"choose from {', '.join(f'{gcloud.group(1)}-{c * generation.cores_per_chip_in_name}' for c in shapes)}"
-          f" or give the shape, e.g. --topology={generation.libtpu_name}:2x4")
+          f"--topology={name}: no {gcloud.group(1)} slice of that size is known here; choose "
+          f"from {known} or give the shape, e.g. --topology={generation.libtpu_name}:2x4")
     return TpuSlice(name, generation, shapes[chips])
   direct = re.fullmatch(r"(v4|v5|v5e|v6e):(\d+(?:x\d+){1,2})", name)
   if direct:

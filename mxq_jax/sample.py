@@ -1,6 +1,7 @@
-r"""Generates image-caption pairs from a trained workdir.
+r"""Generates image-caption pairs from a trained workdir, or from a model the package ships.
 
   python -m mxq_jax.sample --workdir=DIR --outdir=OUT --num_samples=1000 [--batch_size=256]
+  python -m mxq_jax.sample --pretrained=caption_digits --outdir=OUT   (no training needed)
       [--seed=0] [--top_k=K] [--top_p=P] [--temperature=T] [--image_temperature=T] [--overwrite]
 
 Writes OUT/images/00000.png ..., OUT/samples.jsonl (one pair a line: id, caption, token ids,
@@ -18,6 +19,8 @@ from mxq_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A workdir trained by `python -m mxq_jax.main`.")
+flags.DEFINE_string("pretrained", None, "Instead of --workdir: a model shipped with the package "
+                    "(caption_digits) or a directory written by `python -m mxq_jax.export`.")
 flags.DEFINE_string("outdir", None, "Directory for the generated pairs (must be new or empty).")
 flags.DEFINE_integer("num_samples", 64, "Pairs to generate.", lower_bound=1)
 flags.DEFINE_integer("batch_size", 256, "Pairs per compiled call; a multiple of the devices.",
@@ -31,7 +34,11 @@ flags.DEFINE_float("image_temperature", None,
                    "The image codes' temperature (> 0); unset in the config too: --temperature.")
 flags.DEFINE_integer("grid_size", 64, "Pairs shown in grid.png (the first ones).")
 flags.DEFINE_bool("overwrite", False, "Replace the contents of a non-empty --outdir.")
-flags.mark_flags_as_required(["workdir", "outdir"])
+flags.mark_flags_as_required(["outdir"])
+flags.register_multi_flags_validator(
+    ["workdir", "pretrained"], lambda given: (given["workdir"] is None) != (
+        given["pretrained"] is None),
+    message="give one of --workdir (a trained workdir) or --pretrained (caption_digits)")
 
 
 def generate() -> dict:
@@ -42,8 +49,13 @@ def generate() -> dict:
   neutral = {"top_k": 1, "top_p": 1.0, "temperature": 1.0, "image_temperature": None}
   config_lib.validate_sampling(**{name: neutral[name] if value is None else value
                                   for name, value in given.items()})
+  if FLAGS.pretrained:
+    from mxq_jax import pretrained
+    run_context = pretrained.load(FLAGS.pretrained)
+  else:
+    run_context = context.for_trained_workdir(FLAGS.workdir)
   return generate_lib.generate_pairs(
-      context.for_trained_workdir(FLAGS.workdir), FLAGS.outdir, num_samples=FLAGS.num_samples,
+      run_context, FLAGS.outdir, num_samples=FLAGS.num_samples,
       batch_size=FLAGS.batch_size, seed=FLAGS.seed, overwrite=FLAGS.overwrite,
       grid_size=FLAGS.grid_size, **given)
 

@@ -267,3 +267,33 @@ def test_sample_stopped_by_a_signal_leaves_nothing(trained_workdir, tmp_path):
                              f"{outdir}, on SIGTERM"):
       generate.generate_pairs(context, str(outdir), num_samples=32, batch_size=16, seed=0)
   assert os.listdir(tmp_path) == []
+
+
+def test_an_exported_bundle_samples_the_workdirs_pairs(trained_workdir, tmp_path):
+  """Inference variables alone (`python -m mxq_jax.export`) give bitwise the workdir's pairs."""
+  from mxq_jax import context as context_lib, pretrained
+  from mxq_jax.generation import generate
+  workdir, bundle = str(trained_workdir[0]), tmp_path / "bundle"
+  record = pretrained.export(workdir, str(bundle))
+  assert record["steps"] == {"stage1": 6, "stage2": 6, "classifier": 6}
+  assert sorted(os.listdir(bundle)) == ["bundle.json", "classifier.npz", "config.json",
+                                        "stage1.npz", "stage2.npz", "tokenizer.model"]
+  with pytest.raises(config_lib.ConfigError, match="is not empty"):
+    pretrained.export(workdir, str(bundle))
+  sampled = {}
+  for name, context in (("workdir", context_lib.for_trained_workdir(workdir)),
+                        ("bundle", pretrained.load(str(bundle)))):
+    outdir = tmp_path / f"from_{name}"
+    generate.generate_pairs(context, str(outdir), num_samples=16, batch_size=16, seed=5)
+    sampled[name] = [json.loads(line) for line in
+                     (outdir / "samples.jsonl").read_text().splitlines()]
+  assert sampled["bundle"] == sampled["workdir"]
+  for i in (0, 15):
+    assert ((tmp_path / "from_bundle" / "images" / f"{i:05d}.png").read_bytes()
+            == (tmp_path / "from_workdir" / "images" / f"{i:05d}.png").read_bytes())
+  images = np.stack([np.asarray(Image.open(tmp_path / "from_bundle" / "images" / f"{i:05d}.png"))
+                     for i in range(16)])
+  attributes, _ = pretrained.classifier_reader(pretrained.load(str(bundle)))(images)
+  assert set(attributes) == {"digit", "color", "position", "size"}
+  with pytest.raises(config_lib.ConfigError, match="--pretrained=nope: no such model"):
+    pretrained.load("nope")
