@@ -74,11 +74,11 @@ class Run:
 
 
 def test_killed_stopped_and_resumed_runs_end_as_an_uninterrupted_one(tmp_path, uninterrupted):
-  """SIGKILL at 5 seeded random moments, then SIGTERM, each run resumed from the last: the
+  """SIGKILL at 3 seeded random moments, then SIGTERM, each run resumed from the last: the
   final state is bitwise the uninterrupted run's. (Ctrl-C sets the same flag as SIGTERM, with
   exit status 130: tests/test_cli.py and the in-process test below.)"""
   workdir, run = tmp_path / "work", Run(tmp_path / "work", tmp_path / "final.npz")
-  moments = sorted(random.Random(0).sample(range(2, NUM_STEPS - 8), 5))
+  moments = sorted(random.Random(0).sample(range(2, NUM_STEPS - 8), 3))
   done = 0
   for at_batch in moments:
     returncode, stderr = run.interrupt(signal.SIGKILL, max(at_batch, done + 1))
