@@ -308,7 +308,8 @@ def test_help_lists_every_command(tpu):
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda path: path.name)
 def test_scripts_parse(script):
-  subprocess.run(["bash", "-n", str(script)], check=True)
+  result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+  assert result.returncode == 0 and not result.stderr, result.stderr
 
 
 # ----------------------------------------------------------------------- the worker's side
