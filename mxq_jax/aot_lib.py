@@ -158,11 +158,6 @@ class Program:
   batch_field: str  # the config field of its global batch, for advice.
 
 
-def _shaped(tree, shardings):
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
-                      shardings)
-
-
 def _batch(example: dict[str, np.ndarray], batch_size: int, mesh, *, valid: bool) -> dict:
   """Shape-only global batch like `example`'s (leading dim replaced), batch-sharded."""
   shapes = {k: jax.ShapeDtypeStruct((batch_size, *v.shape[1:]), v.dtype)
@@ -183,17 +178,17 @@ def _key(mesh):
   return jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=sharding.replicated(mesh))
 
 
-def _task_programs(task: trainer_lib.Task, example: dict, mesh, batch_field: str,
-                   evaluated: bool = True) -> tuple[list[Program], Any]:
+def _task_programs(task: trainer_lib.Task, example: dict, mesh,
+                   batch_field: str) -> tuple[list[Program], Any]:
+  """The task's train and eval steps, and its shape-only state."""
   state, shardings = trainer_lib.abstract_state(task, mesh)
   batch_size = task.optim.batch_size
   found = [Program(f"{task.name}/train", trainer_lib.make_train_step(task, mesh, shardings),
                    (state, _batch(example, batch_size, mesh, valid=False), _key(mesh)),
-                   ("state", "batch", "key"), batch_field)]
-  if evaluated:
-    found.append(Program(f"{task.name}/eval", trainer_lib.make_eval_step(task, mesh, shardings),
-                         (state, _batch(example, batch_size, mesh, valid=True)),
-                         ("state", "batch"), batch_field))
+                   ("state", "batch", "key"), batch_field),
+           Program(f"{task.name}/eval", trainer_lib.make_eval_step(task, mesh, shardings),
+                   (state, _batch(example, batch_size, mesh, valid=True)),
+                   ("state", "batch"), batch_field)]
   return found, state
 
 
@@ -263,20 +258,30 @@ def compile_program(program: Program, hbm_bytes: int) -> dict:
   memory = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes
-          + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+  return _report(program, seconds, hbm_bytes,
+                 gflops=cost["flops"] / 1e9 if cost and "flops" in cost else None,
+                 arguments=memory.argument_size_in_bytes, outputs=memory.output_size_in_bytes,
+                 temporaries=memory.temp_size_in_bytes, aliases=memory.alias_size_in_bytes)
+
+
+def _report(program: Program, seconds: float, hbm_bytes: int, *, gflops, arguments, outputs,
+            temporaries, aliases, **extra) -> dict:
+  """One program's line: sizes in MiB per chip (None: unknown), peak against the HBM."""
+  peak = arguments + (outputs or 0) + temporaries - (aliases or 0)
+  mib = lambda size: None if size is None else round(size / 2**20, 1)
   return {
       "program": program.name,
       "compile_s": round(seconds, 1),
-      "gflops": float(f"{cost['flops'] / 1e9:.4g}") if cost and "flops" in cost else None,
-      "argument_mib": round(memory.argument_size_in_bytes / 2**20, 1),
-      "output_mib": round(memory.output_size_in_bytes / 2**20, 1),
-      "temp_mib": round(memory.temp_size_in_bytes / 2**20, 1),
-      "alias_mib": round(memory.alias_size_in_bytes / 2**20, 1),
-      "peak_mib": round(peak / 2**20, 1),
+      "gflops": None if gflops is None else float(f"{gflops:.4g}"),
+      "argument_mib": mib(arguments),
+      "output_mib": mib(outputs),
+      "temp_mib": mib(temporaries),
+      "alias_mib": mib(aliases),
+      "peak_mib": mib(peak),
       "hbm_mib": round(hbm_bytes / 2**20),
       "fraction_of_hbm": round(peak / hbm_bytes, 4),
       "fits": peak <= hbm_bytes,
+      **extra,
   }
 
 
@@ -294,21 +299,10 @@ def _out_of_memory_report(program: Program, seconds: float, error: str, hbm_byte
   found = re.search(r"memory required for .*? \(([\d.]+)([KMGT])\) exceeds", error)
   temp = float(found.group(1)) * _UNITS[found.group(2)] if found else float("nan")
   arguments = sum(size for _, size in largest_arguments(program, count=None))
-  peak = arguments + temp
-  return {
-      "program": program.name,
-      "compile_s": round(seconds, 1),
-      "gflops": None,
-      "argument_mib": round(arguments / 2**20, 1),
-      "output_mib": None,
-      "temp_mib": round(temp / 2**20, 1),
-      "alias_mib": None,
-      "peak_mib": round(peak / 2**20, 1),
-      "hbm_mib": round(hbm_bytes / 2**20),
-      "fraction_of_hbm": round(peak / hbm_bytes, 4),
-      "fits": False,
-      "compiler": error.strip().splitlines()[0][:300],
-  }
+  report = _report(program, seconds, hbm_bytes, gflops=None, arguments=arguments, outputs=None,
+                   temporaries=temp, aliases=None,
+                   compiler=error.strip().splitlines()[0][:300])
+  return dict(report, fits=False)  # refused by the compiler, whatever the estimate says.
 
 
 def does_not_fit_message(program: Program, report: dict, config: ml_collections.ConfigDict,

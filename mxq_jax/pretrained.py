@@ -52,10 +52,10 @@ def _inference_arrays(state: trainer_lib.TrainState) -> dict[str, np.ndarray]:
 
 def export(workdir: str, outdir: str) -> dict:
   """Writes the bundle of `workdir`'s prior and the stage-1 model its codes come from."""
+  if files.exists(outdir) and files.listdir(outdir):  # refused before the (slow) restore.
+    raise config_lib.ConfigError(f"--outdir={outdir} is not empty; pick a new directory")
   context = context_lib.for_trained_workdir(workdir)
   prior_state, vae_state = context_lib.restore_for_sampling(context)
-  if files.exists(outdir) and files.listdir(outdir):
-    raise config_lib.ConfigError(f"--outdir={outdir} is not empty; pick a new directory")
   states = {"stage1": vae_state, "stage2": prior_state}
   steps = {"stage1": context.stage1_step, "stage2": context.steps["stage2"]}
   if files.exists(checkpoints.checkpoint_dir(workdir, CLASSIFIER)):
