@@ -3,6 +3,7 @@
 import setuptools
 
 AOT = ["jax[tpu]>=0.10.0"]
+NOTEBOOKS = ["matplotlib>=3.7"]
 
 setuptools.setup(
     name="mxq_jax",
@@ -41,6 +42,9 @@ setuptools.setup(
         # Orbax lists gs:// checkpoint directories with the Cloud Storage client.
         "gcs": ["google-cloud-storage>=2.0"],
         # tests/test_remote_paths.py runs gs:// paths against fsspec's in-memory filesystem.
-        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "fsspec>=2023.1", *AOT],
+        # notebooks/ (matplotlib's plots; Colab has it) and the tests that execute them.
+        "notebooks": NOTEBOOKS,
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "fsspec>=2023.1", *AOT, *NOTEBOOKS,
+                 "papermill>=2.5", "ipykernel>=6.0"],
     },
 )

@@ -154,7 +154,8 @@ RECONSTRUCTIONS = {"pair": "stage1", "caption_only": "from_caption", "image_only
 
 
 @functools.partial(nnx.jit, static_argnames="condition")
-def _reconstruct(model, images_uint8, tokens, condition):
+def reconstruct(model, images_uint8, tokens, condition):
+  """Stage 1's (uint8 images, token ids) of pairs encoded under `condition` (masked_inputs)."""
   codes = model.encode(*masked_inputs(images_uint8, tokens, condition))
   return sampler.decode_pairs(model, codes)
 
@@ -174,7 +175,7 @@ def stage1_reconstruction_agreement(context: context_lib.RunContext, read) -> di
   result = {}
   for condition, prefix in RECONSTRUCTIONS.items():
     images, tokens = batching.map_in_fixed_batches(
-        lambda i, t: _reconstruct(model, i, t, condition), test.images, test.tokens,
+        lambda i, t: reconstruct(model, i, t, condition), test.images, test.tokens,
         batch_size=250)
     image_attributes, _ = read(images)
     parsed = parse_captions(context.data.tokenizer.decode_batch(tokens))

@@ -33,6 +33,12 @@ def sampling_settings(config: ml_collections.ConfigDict, **given) -> dict:
   return settings
 
 
+def traced_settings(settings: dict) -> list[jax.Array]:
+  """The sampler's traced arguments (top_p, temperature, image_temperature): changing them
+  compiles nothing."""
+  return [jnp.float32(settings[name]) for name in ("top_p", "temperature", "image_temperature")]
+
+
 def through_eos(ids_L) -> list[int]:
   """Token ids up to and including the first EOS (all of them if there is none)."""
   ids = [int(i) for i in ids_L]
@@ -74,8 +80,7 @@ def generate_pairs(context: context_lib.RunContext, outdir: str, *, num_samples:
   sample_fn = sampler.make_sampler(config, context.mesh, batch_size=batch_size,
                                    top_k=settings["top_k"])
   variables = (sampler.variables_of(prior_state), sampler.variables_of(vae_state))
-  traced = [jnp.float32(settings[name]) for name in ("top_p", "temperature",
-                                                     "image_temperature")]
+  traced = traced_settings(settings)
   settings = {"seed": seed, **settings}
   num_batches = math.ceil(num_samples / batch_size)
   pairs = (writer.PairWriter(outdir, overwrite=overwrite, total=num_samples,
