@@ -25,7 +25,7 @@ from absl import logging as absl_logging
 from flax import nnx
 
 from mxq_jax import cli, config_lib, context as context_lib, files, pretrained
-from mxq_jax.data import pipeline
+from mxq_jax.data import caption_attributes, pipeline
 from mxq_jax.evaluation import batching, classifier, evaluator, pair_metrics
 from mxq_jax.generation import generate, sampler, writer
 from mxq_jax.training import checkpoints, trainer as trainer_lib
@@ -102,15 +102,17 @@ class Pairs:
                  [self.captions[i] for i in np.atleast_1d(rows)], self.settings)
 
 
-def grid(pairs: Pairs, columns: int = 8) -> np.ndarray:
-  """uint8 [H', W', 3]: the pairs' images, upscaled, each with its caption below."""
-  return writer.captioned_grid(pairs.images, pairs.captions, columns=columns)
+def show_images(images_NxHxWx3: np.ndarray, captions, columns: int = 8):
+  """uint8 images, upscaled, each with its caption below, as one PIL image (a notebook shows
+  it as the cell's value)."""
+  from PIL import Image
+  return Image.fromarray(writer.captioned_grid(np.asarray(images_NxHxWx3), list(captions),
+                                               columns=columns))
 
 
 def show_grid(pairs: Pairs, columns: int = 8):
-  """The captioned grid as a PIL image (a notebook displays it as the cell's value)."""
-  from PIL import Image
-  return Image.fromarray(grid(pairs, columns))
+  """The pairs as a captioned grid (`show_images`)."""
+  return show_images(pairs.images, pairs.captions, columns)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -226,6 +228,14 @@ class Model:
                                           *self._test_split(num_examples),
                                           batch_size=min(batch_size, num_examples))
     return np.bincount(codes.ravel(), minlength=config_lib.code_vocabulary_size(self.config))
+
+
+def seen_in_image(scores: dict, index: int) -> str:
+  """What the classifier sees in pair `index`'s image, in the captions' words."""
+  names = {"digit": caption_attributes.DIGIT_NAMES, "color": caption_attributes.COLOR_NAMES,
+           "position": caption_attributes.POSITION_NAMES, "size": caption_attributes.SIZE_NAMES}
+  seen = scores["image_attributes"]
+  return ", ".join(names[name][seen[name][index]] for name in classifier.ATTRIBUTES)
 
 
 def confusion(scores: dict, attribute: str) -> np.ndarray:
