@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mxq_jax import pretrained
+from mxq_jax import interactive, pretrained
 from mxq_jax.evaluation import evaluator, pair_metrics
 from mxq_jax.generation import generate
 
@@ -50,3 +50,15 @@ def test_the_same_seed_gives_the_same_pairs(sampled, tmp_path):
                           seed=0)
   first = (outdir / "samples.jsonl").read_text().splitlines()[:16]
   assert (tmp_path / "again" / "samples.jsonl").read_text().splitlines() == first
+
+
+def test_a_notebook_samples_the_same_pairs_in_memory(sampled):
+  """interactive.Model.sample: the sample command's pairs for the same seed and batch size."""
+  context, outdir, _ = sampled
+  pairs = interactive.Model(context).sample(16, seed=0, batch_size=256)
+  records = [json.loads(line) for line in
+             (outdir / "samples.jsonl").read_text().splitlines()[:16]]
+  assert pairs.captions == [r["caption"] for r in records]
+  np.testing.assert_array_equal(
+      pairs.images, np.stack([np.asarray(Image.open(outdir / r["image"])) for r in records]))
+  np.testing.assert_array_equal(pairs.codes, [r["codes"] for r in records])
