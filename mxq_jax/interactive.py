@@ -12,7 +12,6 @@ top-k); the seed, the temperatures and top-p are traced, so changing them compil
 
 import dataclasses
 import functools
-import glob
 import logging as std_logging
 import math
 import os
@@ -28,7 +27,7 @@ from mxq_jax import cli, config_lib, context as context_lib, files, pretrained
 from mxq_jax.data import caption_attributes, pipeline
 from mxq_jax.evaluation import batching, classifier, evaluator, pair_metrics
 from mxq_jax.generation import generate, sampler, writer
-from mxq_jax.training import checkpoints, trainer as trainer_lib
+from mxq_jax.training import trainer as trainer_lib
 
 
 # ----------------------------------------------------------------------- set-up helpers
@@ -64,11 +63,11 @@ def load_config(path: str) -> ml_collections.ConfigDict:
 
 
 def training_curves(workdir: str, task: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """{tag: (steps, values)} of the scalars a task ("stage1", "stage2") logged to TensorBoard."""
+  """{tag: (steps, values)} of the scalars a task ("stage1", "stage2") logged to TensorBoard
+  (local or gs://)."""
   import tensorflow as tf  # reads the event files clu's writer wrote.
   curves: dict[str, list[tuple[int, float]]] = {}
-  for path in sorted(glob.glob(os.path.join(workdir, task, "**", "events.out.tfevents.*"),
-                               recursive=True)):
+  for path in sorted(tf.io.gfile.glob(os.path.join(workdir, task, "events.out.tfevents.*"))):
     for record in tf.data.TFRecordDataset(path):
       event = tf.compat.v1.Event.FromString(record.numpy())
       for value in event.summary.value:
@@ -267,7 +266,3 @@ def load(source: str, *, data_dir: str | None = None, **data_overrides) -> Model
                                **data_overrides)
   return Model(context)
 
-
-def latest_step(workdir: str, task: str) -> int | None:
-  """The newest checkpoint step of a workdir's task ("stage1", "stage2"), None if none."""
-  return checkpoints.latest_step(checkpoints.checkpoint_dir(workdir, task))
