@@ -9,7 +9,6 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # tf.data must never grab a G
 # topologies without chips): JAX itself must not look for TPUs here.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import importlib.util
 import pathlib
 import tempfile
 
@@ -28,10 +27,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def load_config(name: str = "synthetic", arg: str | None = None):
   """configs/NAME.py's get_config(arg), as `--config=configs/NAME.py:ARG` would load it."""
-  spec = importlib.util.spec_from_file_location(f"configs_{name}", REPO / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  from mxq_jax import interactive  # after the environment above is set.
+  return interactive.load_config(f"{REPO / 'configs' / name}.py:{arg or ''}")
 
 
 @pytest.fixture
