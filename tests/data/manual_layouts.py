@@ -6,7 +6,8 @@ files, a corrupt and a truncated JPEG, an image listed but absent, a missing cap
 empty one, one with three lines. The specs (SPECS below) say what each image is, so the tests
 derive every expectation (split membership, sizes, captions, report counts) from them.
 
-The .mat files are written by write_mat, a minimal MATLAB level-5 writer that, like MATLAB,
+CUB's index files and folders are written by the package's `demo_trees.write_cub_layout` (which
+also writes the real-data notebook's demo tree). The .mat files are written by write_mat, a minimal MATLAB level-5 writer that, like MATLAB,
 stores integral doubles in a narrower type (the builders' reader must widen them).
 """
 
@@ -19,6 +20,8 @@ import zlib
 
 import numpy as np
 from PIL import Image
+
+from mxq_jax.data import demo_trees
 
 KEPT_KINDS = ("rgb", "gray", "cmyk", "rgba_png")  # image kinds the builders keep.
 
@@ -96,13 +99,12 @@ def _pixels(spec: Spec) -> np.ndarray:
   return np.random.default_rng(spec.index).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
-def write_image(path: pathlib.Path, spec: Spec) -> None:
-  """The spec's image file, of its kind, at path (nothing for "absent")."""
-  path.parent.mkdir(parents=True, exist_ok=True)
+def image_bytes(spec: Spec) -> bytes | None:
+  """The spec's image file, of its kind (None for "absent")."""
+  if spec.kind == "absent":
+    return None
   rgb = Image.fromarray(_pixels(spec))
   buffer = io.BytesIO()
-  if spec.kind == "absent":
-    return
   if spec.kind in ("rgb", "truncated"):
     rgb.save(buffer, format="JPEG", quality=90)
   elif spec.kind == "gray":
@@ -115,16 +117,32 @@ def write_image(path: pathlib.Path, spec: Spec) -> None:
   elif spec.kind == "corrupt":
     buffer.write(b"\xff\xd8\xff\xe0 this is not a JPEG at all" * 4)
   data = buffer.getvalue()
-  path.write_bytes(data[:len(data) // 2] if spec.kind == "truncated" else data)
+  return data[:len(data) // 2] if spec.kind == "truncated" else data
+
+
+def write_image(path: pathlib.Path, spec: Spec) -> None:
+  """The spec's image file, of its kind, at path (nothing for "absent")."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  data = image_bytes(spec)
+  if data is not None:
+    path.write_bytes(data)
+
+
+def caption_text(dataset: str, spec: Spec) -> str | None:
+  """Reed-style caption file: a caption per line; trailing spaces and blank lines to strip.
+  None: no file."""
+  if spec.captions is None:
+    return None
+  lines = [f"{line}  " for line in captions_of(dataset, spec)]
+  return "\n".join(lines) + "\n\n" if lines else "\n  \n\n"
 
 
 def write_caption_file(path: pathlib.Path, dataset: str, spec: Spec) -> None:
-  """Reed-style caption file: a caption per line; trailing spaces and blank lines to strip."""
-  if spec.captions is None:
-    return
-  path.parent.mkdir(parents=True, exist_ok=True)
-  lines = [f"{line}  " for line in captions_of(dataset, spec)]
-  path.write_text("\n".join(lines) + "\n\n" if lines else "\n  \n\n")
+  """The spec's caption file (`caption_text`) at path, if it has one."""
+  text = caption_text(dataset, spec)
+  if text is not None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
 
 
 # ------------------------------------------------------------------------------ CUB
@@ -155,34 +173,23 @@ def plain_specs(num: int) -> tuple[Spec, ...]:
 
 
 def write_cub(root: pathlib.Path, specs: tuple[Spec, ...] = SPECS) -> pathlib.Path:
-  """CUB_200_2011/ and cvpr2016_cub/ under root; returns root (the manual directory)."""
-  cub, text = root / "CUB_200_2011", root / "cvpr2016_cub"
-  images, labels, split, boxes = [], [], [], []
+  """CUB_200_2011/ and cvpr2016_cub/ under root (`demo_trees.write_cub_layout`, the package's
+  writer of the layout); returns root (the manual directory)."""
+  entries = []
   for spec in specs:
     relpath = cub_relpath(spec)
-    write_image(cub / "images" / relpath, spec)
     # Reed's caption file names follow the class folder's capitalization for class 0's
     # images: the builder must match them case-insensitively.
     caption_rel = relpath[:-4] + ".txt"
     if spec.label == 0:
       folder, stem = caption_rel.split("/")
       caption_rel = f"{folder}/{stem.lower()}"
-    write_caption_file(text / "text_c10" / caption_rel, "cub", spec)
-    images.append(f"{spec.index} {relpath}")
-    labels.append(f"{spec.index} {CUB_CLASS_IDS[spec.label]}")
-    split.append(f"{spec.index} {int(spec.train)}")
-    boxes.append(f"{spec.index} " + " ".join(f"{v:.1f}" for v in spec.box))
-  (text / "text_c10").mkdir(parents=True, exist_ok=True)
-  (cub / "images.txt").write_text("\n".join(images) + "\n")
-  (cub / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
-  (cub / "train_test_split.txt").write_text("\n".join(split) + "\n")
-  (cub / "bounding_boxes.txt").write_text("\n".join(boxes) + "\n")
-  (cub / "classes.txt").write_text(
-      "".join(f"{i} {name}\n" for i, name in zip(CUB_CLASS_IDS, CUB_CLASSES)))
-  (text / "trainvalclasses.txt").write_text(
-      "".join(f"{CUB_CLASSES[c]}\n" for c in TRAIN_CLASSES))
-  (text / "testclasses.txt").write_text(f"{CUB_CLASSES[2]}\n")
-  return root
+    entries.append(demo_trees.CubFile(
+        image_id=spec.index, relpath=relpath, class_id=CUB_CLASS_IDS[spec.label],
+        train=spec.train, box=spec.box, image=image_bytes(spec),
+        caption_text=caption_text("cub", spec), caption_relpath=caption_rel))
+  test_class_ids = [CUB_CLASS_IDS[c] for c in range(len(CUB_CLASSES)) if c not in TRAIN_CLASSES]
+  return demo_trees.write_cub_layout(root, entries, test_class_ids)
 
 
 # ------------------------------------------------------------------------------ Flowers
