@@ -40,13 +40,22 @@ def accelerator() -> dict:
           "device_count": len(devices)}
 
 
+class _NotebookLines(cli.OwnInfoOnly):
+  """The commands' log lines less clu's echo of every hyperparameter and scalar ("[Hyper...",
+  "[100] train/loss=..."): the Trainer's own lines already say the step, loss and metrics."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    echo = "/clu/" in record.pathname and record.getMessage().startswith("[")
+    return super().filter(record) and not echo
+
+
 def show_progress() -> None:
   """Logs in a notebook as the commands do on a terminal: the project's INFO lines (steps,
   losses, steps/s, ETA), only the warnings of libraries; TensorFlow kept off the accelerators."""
   cli.start(distributed=False)
   handler = std_logging.StreamHandler(sys.stdout)
   handler.setFormatter(std_logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-  handler.addFilter(cli.OwnInfoOnly())
+  handler.addFilter(_NotebookLines())
   root = std_logging.getLogger()
   root.handlers = [handler]  # libraries' basicConfig handlers print everything, unfiltered.
   root.setLevel(std_logging.INFO)
@@ -77,6 +86,27 @@ def training_curves(workdir: str, task: str) -> dict[str, tuple[np.ndarray, np.n
           curves.setdefault(value.tag, []).append((event.step, float(scalar)))
   return {tag: tuple(np.array(column) for column in zip(*sorted(points)))
           for tag, points in curves.items()}
+
+
+# The panels of `plot_training_curves`: (task, TensorBoard tag, title).
+CURVES = (("stage1", "train/loss", "stage 1 training loss"),
+          ("stage1", "eval/psnr", "stage 1 test PSNR (dB)"),
+          ("stage2", "train/loss", "prior training loss (nats/code)"),
+          ("stage2", "eval/nll_per_code", "prior test NLL (nats/code)"))
+
+
+def plot_training_curves(workdir: str, panels=CURVES):
+  """A matplotlib figure of a workdir's training curves, a panel per (task, tag, title)."""
+  import matplotlib.pyplot as plt
+  curves = {task: training_curves(workdir, task) for task in {task for task, _, _ in panels}}
+  fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
+  for ax, (task, tag, title) in zip(axes[0], panels):
+    steps, values = curves[task][tag]
+    ax.plot(steps, values, marker="o" if len(steps) < 10 else None)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("step")
+  fig.tight_layout()
+  return fig
 
 
 # ----------------------------------------------------------------------------- pairs
