@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mxq_jax.models import layers
+from mxq_jax.models import layers, repeated
 
 # BERT's initializer and LayerNorm epsilon (HF `initializer_range`, `layer_norm_eps`).
 _INIT = layers.as_matrix(nnx.initializers.normal(0.02))  # rank-2 draws: see layers.py.
@@ -43,7 +43,9 @@ class FusionEncoder(nnx.Module):
 
   def __init__(self, dim: int, num_layers: int, num_heads: int, mlp_dim: int, dropout: float,
                *, num_image: int, num_text: int, position_embeddings: bool,
-               dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+               dtype: jnp.dtype = jnp.float32, scan: bool = False, rngs: nnx.Rngs):
+    self.scan = scan
+    self.dropout = dropout
     self.num_image = num_image
     self.num_text = num_text
     self.position_embeddings = position_embeddings
@@ -62,6 +64,7 @@ class FusionEncoder(nnx.Module):
                               total_repeat_length=self.num_image + self.num_text)
       extra_NxD = self.pos_NxD[...] + self.modality_2xD[...][modality_N]
       x_BxNxD = x_BxNxD + extra_NxD.astype(x_BxNxD.dtype)
-    for layer in self.layers:
-      x_BxNxD = layer(x_BxNxD, train=train, rngs=rngs)
-    return x_BxNxD
+    draws = train and self.dropout > 0  # else no layer uses a key.
+    return repeated.apply(self.layers, x_BxNxD,
+                          lambda layer, x, keys: layer(x, train=train, rngs=keys),
+                          scan=self.scan, rngs=rngs if draws else None)

@@ -70,6 +70,7 @@ class MXQVAEConfig:
   cross_mixer_init: Literal["routing", "random"]
   text_mix_hidden: int  # h: the text mixer's hidden width over positions.
   dtype: str  # compute dtype, "float32" or "bfloat16"; parameters stay float32.
+  scan_layers: bool = False  # repeated blocks compiled once (models/repeated.py).
 
 
 @flax.struct.dataclass
@@ -145,14 +146,15 @@ class MXQVAE(nnx.Module):
     text_sizes = (config.vocab_size, config.text_embed_dim, config.text_channels,
                   config.text_kernel, dim)
 
-    self.image_encoder = ImageEncoder(*image_sizes, dtype=dtype, rngs=rngs)
+    scan = config.scan_layers
+    self.image_encoder = ImageEncoder(*image_sizes, dtype=dtype, scan=scan, rngs=rngs)
     self.text_encoder = TextEncoder(*text_sizes, dtype=dtype, rngs=rngs)
     # fusion="none": no Transformer; each modality is quantized as encoded.
     fused = config.fusion == "transformer"
     self.fusion = FusionEncoder(
         dim, config.fusion_layers, config.fusion_heads, config.fusion_mlp_dim, config.dropout,
         num_image=self.num_image, num_text=self.num_text,
-        position_embeddings=config.position_embeddings, dtype=dtype,
+        position_embeddings=config.position_embeddings, dtype=dtype, scan=scan,
         rngs=rngs) if fused else None
     self.quantizer = codebooks.make_quantizer(config.quantizer, dim, self.num_image, rngs=rngs)
     # Each mixer reads all N joint positions (cross decoding) or, decoder_inputs="own", only
@@ -165,7 +167,7 @@ class MXQVAE(nnx.Module):
     self.text_mixer = PositionMixer(
         (self.num_text if own else num_positions, config.text_mix_hidden, self.num_text),
         route_from=text_first if routed else None, dtype=dtype, rngs=rngs)
-    self.image_decoder = ImageDecoder(*image_sizes, dtype=dtype, rngs=rngs)
+    self.image_decoder = ImageDecoder(*image_sizes, dtype=dtype, scan=scan, rngs=rngs)
     self.text_decoder = TextDecoder(*text_sizes, dtype=dtype, rngs=rngs)
 
   @property

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 from flax import struct
 
-from mxq_jax.models import layers
+from mxq_jax.models import layers, repeated
 
 # GPT-2's initializer and LayerNorm epsilon (HF `initializer_range`, `layer_norm_epsilon`).
 _STDDEV = 0.02
@@ -121,8 +121,11 @@ class Prior(nnx.Module):
   """[B, T] tokens (BOS, then codes; T <= seq_len + 1) -> [B, T, num_codes] next-code logits."""
 
   def __init__(self, *, num_codes: int, seq_len: int, num_layers: int, num_heads: int, dim: int,
-               mlp_dim: int, dropout: float, dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+               mlp_dim: int, dropout: float, dtype: jnp.dtype = jnp.float32,
+               scan_layers: bool = False, rngs: nnx.Rngs):
     self.num_codes = num_codes
+    self.scan_layers = scan_layers  # training's forward; decoding is per layer (its cache).
+    self.dropout = dropout
     self.bos = num_codes
     self.seq_len = seq_len
     self.num_heads = num_heads
@@ -152,8 +155,10 @@ class Prior(nnx.Module):
       raise ValueError(f'{t} tokens, more than BOS + seq_len = {self.seq_len + 1}.')
     x_BxTxD = self.token_embed(tokens_BxT) + self.pos_PxD[:t].astype(self.dtype)
     x_BxTxD = self.embed_dropout(x_BxTxD, deterministic=not train, rngs=rngs)
-    for block in self.blocks:
-      x_BxTxD = block(x_BxTxD, train=train, rngs=rngs)
+    draws = train and self.dropout > 0  # else no block uses a key.
+    x_BxTxD = repeated.apply(self.blocks, x_BxTxD,
+                             lambda block, x, keys: block(x, train=train, rngs=keys),
+                             scan=self.scan_layers, rngs=rngs if draws else None)
     return self._logits(x_BxTxD)
 
   def init_cache(self, batch: int, dtype: jnp.dtype | None = None) -> Cache:

@@ -22,7 +22,8 @@ NUM_PREVIEWS = 8  # test pairs shown as original / reconstruction in TensorBoard
 
 def model_signature(config: ml_collections.ConfigDict) -> dict:
   """The config fields that fix the stage-1 state's shapes (checked against checkpoints)."""
-  vq = {k: v for k, v in config.vqvae.to_dict().items() if k != "optim"}
+  # scan_layers changes how the blocks compile, not the state.
+  vq = {k: v for k, v in config.vqvae.to_dict().items() if k not in ("optim", "scan_layers")}
   return dict(vq, image_size=config.data.image_size, text_length=config.data.text_length,
               vocab_size=config.data.vocab_size)
 

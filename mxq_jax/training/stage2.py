@@ -27,7 +27,7 @@ def model_signature(config: ml_collections.ConfigDict, stage1_step: int) -> dict
   stage-1 model, or of the same one at another step, is refused.
   """
   fields = {k: v for k, v in config.prior.to_dict().items()
-            if k not in ("optim", "encode_on_the_fly")}
+            if k not in ("optim", "encode_on_the_fly", "scan_layers")}
   return dict(fields, num_codes=config_lib.code_vocabulary_size(config),
               seq_len=config_lib.num_joint_codes(config), stage1_step=stage1_step,
               stage1=stage1.model_signature(config))
@@ -39,7 +39,7 @@ def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> prior_lib.
       num_codes=config_lib.code_vocabulary_size(config),
       seq_len=config_lib.num_joint_codes(config),
       num_layers=p.num_layers, num_heads=p.num_heads, dim=p.dim, mlp_dim=p.mlp_dim,
-      dropout=p.dropout, dtype=jnp.dtype(p.dtype), rngs=rngs)
+      dropout=p.dropout, dtype=jnp.dtype(p.dtype), scan_layers=p.scan_layers, rngs=rngs)
 
 
 def teacher_forcing_inputs(prior: prior_lib.Prior, codes_BxN: jax.Array) -> jax.Array:
