@@ -13,7 +13,11 @@ r"""Throughput of training and generation, the library of `python -m mxq_jax.ben
   forward+backward time and share of the step (`mxq_jax/module_bench.py`);
 - with --parts=input (and --workdir for the tokenizer): the input pipeline on the configured
   dataset, reading and preparing it if needed (that time too), then stage 1's training
-  stream in examples/s, to compare with the train step's examples/s.
+  stream in examples/s, to compare with the train step's examples/s;
+- with --parts=precision (no timing): the stage-1 and prior train steps compiled in float32
+  and in bfloat16, side by side: FLOPs, bytes accessed, converts, convolution forms, dots,
+  scatters, and the bf16 program's float32 ops by reason (`mxq_jax/hlo_report.py`), for this
+  backend and, with --topology, for a TPU slice's compile-only devices.
 """
 
 import resource
@@ -29,7 +33,7 @@ from mxq_jax import config_lib, module_bench, sharding
 from mxq_jax.generation import sampler
 from mxq_jax.training import stage1, stage2, trainer as trainer_lib
 
-PARTS = ("train", "modules", "sampler", "input")
+PARTS = ("train", "modules", "sampler", "input", "precision")
 
 
 def matmul_flops_per_sec(dtype: str, repeats: int = 10) -> float:
@@ -194,12 +198,25 @@ def bench_input(config, mesh, workdir: str, num_batches: int) -> dict:
           "train_examples_per_s": round(num_batches * batch_size / seconds, 1)}
 
 
+def bench_precision(config, mesh, topology: str | None) -> dict:
+  """`hlo_report.precision_report` for this backend and, given a topology, a TPU slice."""
+  from mxq_jax import aot_lib, hlo_report  # pylint: disable=g-import-not-at-top
+  tpu_mesh = None
+  if topology:
+    tpu = aot_lib.parse_slice(topology)
+    devices = aot_lib.compile_only_devices(tpu)
+    config_lib.validate(config, len(devices))
+    tpu_mesh = sharding.make_mesh(config.mesh, devices=devices)
+  return hlo_report.precision_report(config, mesh, where=f"compiled_{jax.default_backend()}",
+                                     tpu_mesh=tpu_mesh, tpu_name=f"compiled_tpu_{topology}")
+
+
 def run_benchmarks(config: ml_collections.ConfigDict, *, parts: Sequence[str], steps: int,
                    sampler_batches: Sequence[int], min_seconds: float,
                    workdir: str | None = None, input_batches: int = 50,
-                   module_depth: int = 1) -> dict:
+                   module_depth: int = 1, topology: str | None = None) -> dict:
   """The report of the module docstring for the `parts` asked (train, modules, sampler,
-  input)."""
+  input, precision)."""
   config_lib.validate(config, jax.device_count())
   unknown = sorted(set(parts) - set(PARTS))
   if unknown:
@@ -207,15 +224,18 @@ def run_benchmarks(config: ml_collections.ConfigDict, *, parts: Sequence[str], s
                                  f"{', '.join(PARTS)}")
   if "input" in parts and not workdir:
     raise config_lib.ConfigError("--parts=input needs --workdir (the tokenizer is written there)")
+  if topology and "precision" not in parts:
+    raise config_lib.ConfigError("--topology is for --parts=precision")
   mesh = sharding.make_mesh(config.mesh)
-  peak_flops = matmul_flops_per_sec(config.vqvae.dtype)
   report = {
       "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
       "backend": jax.default_backend(),
       "jax": jax.__version__,
       "compute_dtype": config.vqvae.dtype,
-      "matmul_gflops_per_s": round(peak_flops / 1e9, 1),
   }
+  if set(parts) & {"train", "modules", "sampler"}:
+    peak_flops = matmul_flops_per_sec(config.vqvae.dtype)
+    report["matmul_gflops_per_s"] = round(peak_flops / 1e9, 1)
   if "train" in parts or "modules" in parts:
     tasks = {
         "stage1": (stage1.make_task(config),
@@ -233,5 +253,7 @@ def run_benchmarks(config: ml_collections.ConfigDict, *, parts: Sequence[str], s
     report.update(bench_samplers(config, mesh, peak_flops, sampler_batches, min_seconds))
   if "input" in parts:
     report["input"] = bench_input(config, mesh, workdir, input_batches)
+  if "precision" in parts:
+    report["precision"] = bench_precision(config, mesh, topology)
   report["peak_memory"] = peak_memory_bytes()
   return report

@@ -23,6 +23,7 @@ class FusionLayer(nnx.Module):
                dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
     self.attn = nnx.MultiHeadAttention(
         num_heads, dim, dropout_rate=dropout, decode=False, dtype=dtype, kernel_init=_INIT,
+        attention_fn=layers.attention_fp32_softmax,  # the softmax in fp32 under bf16.
         rngs=rngs, keep_rngs=False)  # dropout keys come at call time, not from stored state.
     self.ln_attn = nnx.LayerNorm(dim, epsilon=_LN_EPS, dtype=dtype, rngs=rngs)
     self.mlp_in = nnx.Linear(dim, mlp_dim, dtype=dtype, kernel_init=_INIT, rngs=rngs)

@@ -8,6 +8,11 @@ test suite.
 Fast forms: subclasses of `nnx.Conv` / `nnx.ConvTranspose` with the same parameters that
 compute the same layer as stride-1 convolutions or matmuls, whose forward and backward XLA
 compiles well (`python -m mxq_jax.bench --parts=modules` measures each module).
+
+Mixed precision (docs/precision.md): in a bfloat16 compute dtype the strided convs run as
+matmuls too (`strided_conv_as_matmul`), `Embed` gathers from the fp32 table, and
+`attention_fp32_softmax` keeps the attention softmax in fp32; in float32 all three compute
+exactly what flax's layers do.
 """
 
 import functools
@@ -71,7 +76,8 @@ class UpConv2x(nnx.ConvTranspose):
     for row_taps, row_pad in self._PHASES:
       phases = []
       for col_taps, col_pad in self._PHASES:
-        k_2x2xCxO = kernel_4x4xCxO[jnp.array(row_taps)][:, jnp.array(col_taps)]
+        # Taps (0, 2) or (1, 3): strided slices, whose gradient is a pad, not a scatter-add.
+        k_2x2xCxO = kernel_4x4xCxO[row_taps[0]::2, col_taps[0]::2]
         phases.append(jax.lax.conv_general_dilated(
             x_BxHxWxC, k_2x2xCxO, (1, 1), (row_pad, col_pad), dimension_numbers=_NHWC,
             precision=self.precision))
@@ -135,22 +141,114 @@ def conv_as_matmul(x_BxSxC: jax.Array, kernel_WxCxO: jax.Array,
   return jnp.dot(windows, kernel_WxCxO.reshape(-1, out), precision=precision)
 
 
+def strided_conv_as_matmul(x_BxSxC: jax.Array, kernel_WxCxO: jax.Array,
+                           strides: Sequence[int], padding_pairs: Sequence[tuple[int, int]],
+                           precision=None) -> jax.Array:
+  """A convolution of stride s whose window is a multiple of s on every axis (the encoders'
+  4x4 stride-2 convs) as a stride-1 one: over the space-to-depth blocks of the padded input
+  (s x s pixels -> one position of s*s*C channels) with the kernel folded alike (4x4xCxO ->
+  2x2x4CxO), computed by `conv_as_matmul`.
+
+  Its gradients are matmuls and slice-adds: no kernel-dilated weight gradient and no
+  input-dilated input gradient, the forms a strided convolution's backward lowers to and for
+  which GPUs have no fast bf16 kernel (docs/precision.md)."""
+  window, (channels, out) = kernel_WxCxO.shape[:-2], kernel_WxCxO.shape[-2:]
+  x = jnp.pad(x_BxSxC, ((0, 0), *padding_pairs, (0, 0)))
+  out_sides = [(side - k) // s + 1 for side, k, s in zip(x.shape[1:-1], window, strides)]
+  # Rows past the last window are never read: keep s * (out - 1) + k of them.
+  x = x[(slice(None), *(slice(0, s * (o - 1) + k)
+                        for o, k, s in zip(out_sides, window, strides)))]
+  n = len(window)
+  blocks = [d for side, s in zip(x.shape[1:-1], strides) for d in (side // s, s)]
+  x = x.reshape(x.shape[0], *blocks, channels)  # [B, S1/s1, s1, S2/s2, s2, ..., C]
+  x = x.transpose(0, *range(1, 2 * n, 2), *range(2, 2 * n + 1, 2), 2 * n + 1)
+  x = x.reshape(*x.shape[:n + 1], -1)  # [B, *S/s, prod(s) * C], within-block order (s.., C).
+  taps = [d for k, s in zip(window, strides) for d in (k // s, s)]
+  kernel = kernel_WxCxO.reshape(*taps, channels, out)
+  kernel = kernel.transpose(*range(0, 2 * n, 2), *range(1, 2 * n, 2), 2 * n, 2 * n + 1)
+  kernel = kernel.reshape(*kernel.shape[:n], -1, out)  # [*W/s, prod(s) * C, O]
+  return conv_as_matmul(x, kernel, [(0, 0)] * n, precision)
+
+
 class MatmulConv(nnx.Conv):
   """`nnx.Conv`, the same parameters and layer, computed by `conv_as_matmul` when it is of
   stride 1, undilated, ungrouped and unmasked (any window; SAME, VALID or explicit padding),
-  and by flax otherwise (the encoders' stride-2 convs, whose gradients XLA:CPU runs well)."""
+  and by flax otherwise (the encoders' stride-2 convs, whose gradients XLA:CPU runs well).
+
+  In a reduced-precision compute dtype (bfloat16) a strided conv whose window the stride
+  divides, with explicit or VALID padding, runs as `strided_conv_as_matmul` instead: the same
+  layer without dilated convolutions in its gradients. float32 keeps flax's convolution, so
+  float32 results (the shipped model's, every CPU run's) are unchanged to the bit.
+  """
 
   def __call__(self, x_BxSxC: jax.Array) -> jax.Array:
-    ones = (None, 1, (1,) * len(self.kernel_size))
-    if self.strides not in ones or self.kernel_dilation not in ones or (
-        self.input_dilation not in ones) or self.feature_group_count != 1 or (
-        isinstance(self.padding, str) and self.padding not in ("SAME", "VALID")) or (
-        self.mask is not None):
-      return super().__call__(x_BxSxC)  # strided, dilated or masked: flax's convolution.
-    x_BxSxC, kernel, bias = _promoted(self, x_BxSxC)
-    y_BxSxO = conv_as_matmul(x_BxSxC, kernel, _padding_pairs(self.padding, self.kernel_size),
-                             self.precision)
+    n = len(self.kernel_size)
+    ones = (None, 1, (1,) * n)
+    strides = (self.strides,) * n if isinstance(self.strides, int) else self.strides
+    plain = self.kernel_dilation in ones and self.input_dilation in ones and (
+        self.feature_group_count == 1) and self.mask is None
+    padding_ok = not isinstance(self.padding, str) or self.padding in ("SAME", "VALID")
+    if plain and padding_ok and self.strides in ones:
+      x_BxSxC, kernel, bias = _promoted(self, x_BxSxC)
+      y_BxSxO = conv_as_matmul(x_BxSxC, kernel, _padding_pairs(self.padding, self.kernel_size),
+                               self.precision)
+    elif plain and self.padding != "SAME" and padding_ok and _reduced(self.dtype) and all(
+        k % s == 0 for k, s in zip(self.kernel_size, strides)):
+      x_BxSxC, kernel, bias = _promoted(self, x_BxSxC)
+      y_BxSxO = strided_conv_as_matmul(x_BxSxC, kernel, strides,
+                                       _padding_pairs(self.padding, self.kernel_size),
+                                       self.precision)
+    else:
+      return super().__call__(x_BxSxC)  # strided in fp32, dilated or masked: flax's conv.
     return y_BxSxO if bias is None else y_BxSxO + bias
+
+
+def _reduced(dtype) -> bool:
+  """A compute dtype narrower than float32 (bfloat16, float16)."""
+  return dtype is not None and jnp.dtype(dtype).itemsize < 4
+
+
+# ------------------------------------------------------------------ mixed-precision helpers
+
+
+class Embed(nnx.Embed):
+  """`nnx.Embed` that looks rows up in the float32 table and casts the rows, not the table, to
+  the compute dtype: the same values, and in bfloat16 the table's gradient is a float32
+  scatter-add (flax casts the table first, so its gradient is a bfloat16 scatter-add, a slow
+  path on GPUs). float32: the very same look-up as flax's."""
+
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    if not jnp.issubdtype(inputs.dtype, jnp.integer) or self.num_embeddings == 1:
+      return super().__call__(inputs)
+    rows = jnp.take(self.embedding[...], inputs, axis=0)
+    return rows if self.dtype is None else rows.astype(self.dtype)
+
+
+def attention_fp32_softmax(query, key, value, *, dtype=None, dropout_rate=0.0,
+                           deterministic=False, dropout_rng=None, broadcast_dropout=True,
+                           module=None, mask=None, precision=None, **kwargs):
+  """An `attention_fn` for `nnx.MultiHeadAttention`: flax's `dot_product_attention`, except
+  that in a reduced-precision dtype with dropout the logits and softmax are float32 (flax's
+  own path takes the softmax in the compute dtype; without dropout flax calls
+  `jax.nn.dot_product_attention`, whose softmax is float32 already). float32: flax's, as is."""
+  compute = jnp.dtype(dtype or query.dtype)
+  if not _reduced(compute) or (dropout_rate == 0.0 and module is None) or (
+      mask is not None or kwargs.get("is_causal") or module is not None):
+    return nnx.dot_product_attention(
+        query, key, value, dtype=dtype, dropout_rate=dropout_rate, deterministic=deterministic,
+        dropout_rng=dropout_rng, broadcast_dropout=broadcast_dropout, module=module,
+        mask=mask, precision=precision, **kwargs)
+  query, key, value = (x.astype(compute) for x in (query, key, value))
+  query = query / jnp.sqrt(query.shape[-1]).astype(compute)
+  logits = jnp.einsum("...qhd,...khd->...hqk", query, key, precision=precision,
+                      preferred_element_type=jnp.float32)
+  weights = jax.nn.softmax(logits).astype(compute)
+  if not deterministic and dropout_rate > 0.0:
+    keep_prob = 1.0 - dropout_rate
+    shape = (*(1,) * (key.ndim - 2), *weights.shape[-2:]) if broadcast_dropout else weights.shape
+    keep = jax.random.bernoulli(dropout_rng, keep_prob, shape)
+    weights = weights * (keep.astype(compute) / jnp.asarray(keep_prob, compute))
+  return jnp.einsum("...hqk,...khd->...qhd", weights, value, precision=precision)
 
 
 Conv = functools.partial(MatmulConv, kernel_init=kernel_init)

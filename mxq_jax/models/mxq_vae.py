@@ -137,6 +137,7 @@ class MXQVAE(nnx.Module):
     # Submodules are built in this order on purpose: each draws its initial parameters from
     # `rngs` in turn, so the order fixes every initial value.
     dtype = jnp.dtype(config.dtype)
+    self.compute_dtype = dtype
     dim = config.embed_dim
     self.grid = config.grid_size
     self.num_image = self.grid**2
@@ -188,6 +189,9 @@ class MXQVAE(nnx.Module):
 
   def decode_vectors(self, zq_BxNxD: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Code vectors [B, N, D] -> (images [B, H, W, 3], text logits [B, L, V]), float32."""
+    # Cast once (a no-op in float32): both mixers read the codes, and the sum of their input
+    # gradients is then in the compute dtype too.
+    zq_BxNxD = zq_BxNxD.astype(self.compute_dtype)
     image_in, text_in = zq_BxNxD, zq_BxNxD
     if self.own_decoder_inputs:
       image_in, text_in = zq_BxNxD[:, :self.num_image], zq_BxNxD[:, self.num_image:]

@@ -131,7 +131,8 @@ class Prior(nnx.Module):
     self.num_heads = num_heads
     self.head_dim = dim // num_heads
     self.dtype = dtype
-    self.token_embed = nnx.Embed(num_codes + 1, dim, dtype=dtype, embedding_init=_INIT, rngs=rngs)
+    self.token_embed = layers.Embed(num_codes + 1, dim, dtype=dtype, embedding_init=_INIT,
+                                   rngs=rngs)
     self.pos_PxD = nnx.Param(_INIT(rngs.params(), (seq_len + 1, dim)))  # BOS + N codes.
     # GPT-2 scales the projections that write into the residual stream by 1/sqrt(2 L).
     out_init = layers.as_matrix(nnx.initializers.normal(_STDDEV / math.sqrt(2 * num_layers)))

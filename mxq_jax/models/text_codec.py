@@ -18,7 +18,7 @@ class TextEncoder(nnx.Module):
   def __init__(self, vocab_size: int, embed_dim: int, channels: Sequence[int], kernel: int,
                out_dim: int, *, dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
     # Trained from scratch, like the reference; N(0, 1) init as torch.nn.Embedding.
-    self.embed = nnx.Embed(vocab_size, embed_dim, dtype=dtype,
+    self.embed = layers.Embed(vocab_size, embed_dim, dtype=dtype,
                            embedding_init=nnx.initializers.normal(1.0), rngs=rngs)
     widths = (embed_dim, *channels)
     self.convs = nnx.List([

@@ -73,3 +73,69 @@ def test_other_transposed_convolutions_are_refused():
   with pytest.raises(ValueError, match="stride-1, VALID"):
     layers.FullConv1d(4, 4, kernel_size=(3,), padding="SAME", rngs=nnx.Rngs(0))(
         jnp.zeros((1, 5, 4)))
+
+
+# ------------------------------------------------------------------- the bf16 forms (precision)
+
+
+def conv_outputs_and_grads(conv, x, kernel):
+  loss = lambda x, kernel: jnp.sum(jnp.sin(conv(x, kernel)))
+  return conv(x, kernel), *jax.grad(loss, argnums=(0, 1))(x, kernel)
+
+
+@pytest.mark.parametrize("shape, window, strides, padding, cout", [
+    ((2, 32, 32, 3), (4, 4), (2, 2), ((1, 1), (1, 1)), 32),  # the encoders' convs.
+    ((1, 16, 16, 32), (4, 4), (2, 2), ((1, 1), (1, 1)), 64),
+    ((2, 15, 13, 8), (4, 4), (2, 2), ((1, 1), (1, 1)), 4),  # odd sides: trailing rows unread.
+    ((2, 20, 5), (6,), (3,), ((2, 1),), 7),  # 1-D, stride 3.
+    ((2, 9, 9, 4), (2, 4), (2, 2), ((0, 0), (0, 0)), 4),  # VALID, unequal window.
+])
+def test_strided_conv_as_matmul_is_the_strided_conv(shape, window, strides, padding, cout):
+  x = jax.random.normal(jax.random.key(1), shape)
+  kernel = jax.random.normal(jax.random.key(2), (*window, shape[-1], cout)) / 8
+  spatial = "".join("DHW"[-len(window):])
+  numbers = (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
+  reference = lambda x, k: jax.lax.conv_general_dilated(x, k, strides, padding,
+                                                        dimension_numbers=numbers)
+  rewritten = lambda x, k: layers.strided_conv_as_matmul(x, k, strides, padding)
+  for want, got in zip(conv_outputs_and_grads(reference, x, kernel),
+                       conv_outputs_and_grads(rewritten, x, kernel)):
+    assert want.shape == got.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * float(jnp.max(jnp.abs(want))))
+
+
+def test_bf16_layers_lower_without_dilated_convolutions_or_bf16_scatters():
+  """In bf16 the encoder's strided conv is a matmul (no dilated convs in its gradients), the
+  decoder's up-conv slices its kernel (no scatter-add), the embedding reads the fp32 table."""
+  bf16 = lambda: dict(dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  down = layers.MatmulConv(8, 16, (4, 4), strides=2, padding=((1, 1), (1, 1)),
+                           kernel_init=layers.kernel_init, **bf16())
+  up = layers.UpConv2x(16, 4, (4, 4), strides=2, padding=((2, 2), (2, 2)), **bf16())
+  embed = layers.Embed(96, 8, **bf16())
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 8))
+  tokens = jnp.arange(24).reshape(2, 12)
+
+  def loss(models, x):
+    down, up, embed = models
+    return jnp.sum(up(down(x)).astype(jnp.float32)) + jnp.sum(embed(tokens).astype(jnp.float32))
+
+  hlo = jax.jit(nnx.grad(loss)).lower((down, up, embed), x).as_text(dialect="hlo")
+  convolutions = [line for line in hlo.splitlines() if " convolution(" in line]
+  assert convolutions and all("bf16[" in line for line in convolutions)  # up's stride-1 convs.
+  assert not any("lhs_dilate" in line or "rhs_dilate" in line for line in convolutions)
+  scatters = [line for line in hlo.splitlines() if " scatter(" in line]
+  assert scatters and not any("= bf16[" in line for line in scatters)  # embedding: fp32 table.
+  # The same layers as flax's in bf16, to bf16's precision.
+  reference = nnx.Conv(8, 16, (4, 4), strides=2, padding=((1, 1), (1, 1)),
+                       kernel_init=layers.kernel_init, **bf16())
+  np.testing.assert_allclose(np.asarray(down(x), np.float32),
+                             np.asarray(reference(x), np.float32), atol=0.05, rtol=0.02)
+  np.testing.assert_array_equal(np.asarray(embed(tokens), np.float32),
+                                np.asarray(nnx.Embed(96, 8, **bf16())(tokens), np.float32))
+
+
+def test_fp32_layers_keep_flax_forms():
+  """float32 keeps flax's strided convolution (the shipped model's arithmetic, to the bit)."""
+  down = layers.MatmulConv(8, 16, (4, 4), strides=2, padding=((1, 1), (1, 1)), rngs=nnx.Rngs(0))
+  hlo = jax.jit(lambda x: down(x)).lower(jnp.zeros((2, 8, 8, 8))).as_text(dialect="hlo")
+  assert "stride=2x2" in hlo
