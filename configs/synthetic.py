@@ -31,8 +31,8 @@ VARIANTS = {
     "smoke": common.SMOKE_SIZES,
     "long_prior": {"prior.optim.num_steps": 6_000, "prior.optim.eval_every": 1_000,
                    "prior.optim.checkpoint_every": 1_000},
-    # Stage 1 keeps most digits by step 1,500 (PSNR ~25 dB against 28.6 at 5,000); a prior of
-    # 1,000 steps of 32 draws recognizable pairs, far from the default's coherence.
+    # notebooks/quickstart.ipynb on a CPU: stage 1 ends at test PSNR 25.7 dB (28.6 at 5,000
+    # steps), token accuracy 0.984; the prior at test NLL 1.36 nats/code (0.97 for the default).
     "quick": {"vqvae.optim.num_steps": 1_500, "vqvae.optim.eval_every": 500,
               "vqvae.optim.checkpoint_every": 500, "prior.optim.num_steps": 1_000,
               "prior.optim.batch_size": 32, "prior.optim.eval_every": 500,
