@@ -25,6 +25,8 @@ flags.DEFINE_list("parts", ["train", "sampler"],
                   "What to measure: train (steps), modules (each submodule's share of the "
                   "train step), sampler, input (the data pipeline), precision (the fp32 and "
                   "bf16 train steps' programs, no timing).")
+flags.DEFINE_list("stages", ["stage1", "stage2"],
+                  "--parts=train,modules: whose train steps to measure.")
 flags.DEFINE_integer("module_depth", 1, "--parts=modules: submodule levels to time "
                      "(1: the model's direct children; 2: also theirs).")
 flags.DEFINE_string("workdir", None, "--parts=input: where the tokenizer goes.")
@@ -40,7 +42,7 @@ def benchmark() -> dict:
       FLAGS.config, parts=FLAGS.parts, steps=FLAGS.steps,
       sampler_batches=[int(b) for b in FLAGS.sampler_batches], min_seconds=FLAGS.min_seconds,
       workdir=FLAGS.workdir, input_batches=FLAGS.input_batches,
-      module_depth=FLAGS.module_depth, topology=FLAGS.topology)
+      module_depth=FLAGS.module_depth, topology=FLAGS.topology, stages=FLAGS.stages)
 
 
 def main(argv):

@@ -23,7 +23,7 @@ r"""Throughput of training and generation, the library of `python -m mxq_jax.ben
 import resource
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -49,28 +49,44 @@ def matmul_flops_per_sec(dtype: str, repeats: int = 10) -> float:
   return 2 * n**3 * repeats / (time.perf_counter() - start)
 
 
+# Dense bf16 peak FLOP/s per chip, from the vendors' datasheets (H100/H200 SXM: 989 TFLOP/s;
+# TPU v4 275, v5e 197, v5p 459, v6e 918): the denominator of MFU, whatever the compute dtype.
+CHIP_BF16_PEAK_FLOPS = {
+    "NVIDIA H200": 989e12, "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 PCIe": 756e12,
+    "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-SXM4-40GB": 312e12,
+    "NVIDIA A100 80GB PCIe": 312e12, "TPU v4": 275e12, "TPU v5 lite": 197e12,
+    "TPU v5": 459e12, "TPU v6 lite": 918e12,
+}
+
+
+def chip_peak_flops() -> float | None:
+  """The bf16 datasheet peak of this job's chips together (None: an unlisted device)."""
+  peak = CHIP_BF16_PEAK_FLOPS.get(jax.devices()[0].device_kind)
+  return peak * jax.device_count() if peak else None
+
+
 def _flops(analysis) -> float | None:
   if isinstance(analysis, (list, tuple)):  # older jax returns one dict per device program.
     analysis = analysis[0] if analysis else None
   return float(analysis["flops"]) if analysis and analysis.get("flops") else None
 
 
-def cost_flops(step_fn, *args) -> float | None:
-  """FLOPs of one step from XLA's cost analysis of the unoptimized HLO: backend-independent.
+def cpu_flops(build: Callable, mesh_config, *args) -> float | None:
+  """FLOPs of `build(mesh)(*args)` from XLA's cost analysis of the unoptimized program, lowered
+  (not compiled) for one CPU device from the arguments' shapes.
 
-  Where the backend offers no such analysis (GPU), the same program is lowered for the CPU,
-  whose analysis counts every convolution (a GPU compilation's cuDNN calls would count zero).
+  Backend-independent and the same on every machine: the program before partitioning is the
+  global one, a GPU's analysis would count no cuDNN convolution, and JAX's GPU backend gives
+  none at all.
   """
-  flops = _flops(step_fn.lower(*args).cost_analysis())
-  if flops is None:
-    try:
-      flops = _flops(step_fn.trace(*args).lower(lowering_platforms=("cpu",)).cost_analysis())
-    except Exception as error:  # an unusual backend: report no FLOPs rather than fail.
-      print(f"bench: no FLOP count ({type(error).__name__}: {error})", file=sys.stderr)
-  if flops is None:
-    print("bench: XLA gave no FLOP count on this backend; run the bench on CPU for the "
-          "(backend-independent) step FLOPs", file=sys.stderr)
-  return flops
+  try:
+    mesh = sharding.make_mesh(mesh_config, jax.devices("cpu")[:1])
+    shapes = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if hasattr(x, "shape") else x, args)
+    return _flops(build(mesh).lower(*shapes).cost_analysis())
+  except Exception as error:  # no CPU backend (JAX_PLATFORMS): report no FLOPs rather than fail.
+    print(f"bench: no FLOP count ({type(error).__name__}: {error})", file=sys.stderr)
+    return None
 
 
 def peak_memory_bytes() -> dict[str, int]:
@@ -82,7 +98,11 @@ def peak_memory_bytes() -> dict[str, int]:
 
 
 def bench_train_step(task: trainer_lib.Task, batch: dict, mesh, steps: int,
-                     peak_flops: float) -> dict:
+                     peak_flops: float, unrolled_task: trainer_lib.Task,
+                     mesh_config: ml_collections.ConfigDict) -> dict:
+  """Compile time, steps/s and FLOP rates of `task`'s train step. XLA counts a scanned loop's
+  body once, so the FLOPs come from `unrolled_task` (the same model, scan_layers off), lowered
+  but not compiled."""
   _, shardings = trainer_lib.abstract_state(task, mesh)
   state = trainer_lib.init_state(task, 0, shardings)
   step_fn = trainer_lib.make_train_step(task, mesh, shardings)
@@ -92,7 +112,9 @@ def bench_train_step(task: trainer_lib.Task, batch: dict, mesh, steps: int,
   start = time.perf_counter()
   compiled = step_fn.lower(state, batch, key).compile()
   compile_s = time.perf_counter() - start
-  flops = cost_flops(step_fn, state, batch, key)
+  flops = cpu_flops(lambda cpu_mesh: trainer_lib.make_train_step(
+      unrolled_task, cpu_mesh, trainer_lib.abstract_state(unrolled_task, cpu_mesh)[1]),
+      mesh_config, state, batch, key)
 
   state, metrics = compiled(state, batch, key)  # warm-up (first-run allocations).
   jax.block_until_ready(metrics)
@@ -112,6 +134,8 @@ def bench_train_step(task: trainer_lib.Task, batch: dict, mesh, steps: int,
   if flops:
     result["step_gflops"] = round(flops / 1e9, 2)
     result["achieved_flops_fraction_of_matmul"] = round(flops / seconds / peak_flops, 4)
+    if chip_peak_flops():
+      result["mfu_of_chip_bf16_peak"] = round(flops / seconds / chip_peak_flops(), 4)
   return result
 
 
@@ -141,7 +165,9 @@ def bench_sampler(config, mesh, variables, batch_size: int, *, cached: bool, top
   compiled = sample_fn.lower(*args).compile()
   compile_s = time.perf_counter() - start
   # XLA counts a loop body once: the FLOPs come from the unrolled program (lowered only).
-  flops = cost_flops(make(True), *args)
+  flops = cpu_flops(lambda cpu_mesh: sampler.make_sampler(
+      config, cpu_mesh, batch_size=batch_size, top_k=top_k, cached=cached, unroll=True),
+      config.mesh, *args)
   jax.block_until_ready(compiled(*args))  # warm-up.
   seconds = _time_calls(
       lambda i: compiled(*variables, jax.random.fold_in(key, i), 1.0, 1.0), min_seconds)
@@ -214,7 +240,8 @@ def bench_precision(config, mesh, topology: str | None) -> dict:
 def run_benchmarks(config: ml_collections.ConfigDict, *, parts: Sequence[str], steps: int,
                    sampler_batches: Sequence[int], min_seconds: float,
                    workdir: str | None = None, input_batches: int = 50,
-                   module_depth: int = 1, topology: str | None = None) -> dict:
+                   module_depth: int = 1, topology: str | None = None,
+                   stages: Sequence[str] = ("stage1", "stage2")) -> dict:
   """The report of the module docstring for the `parts` asked (train, modules, sampler,
   input, precision)."""
   config_lib.validate(config, jax.device_count())
@@ -224,6 +251,9 @@ def run_benchmarks(config: ml_collections.ConfigDict, *, parts: Sequence[str], s
                                  f"{', '.join(PARTS)}")
   if "input" in parts and not workdir:
     raise config_lib.ConfigError("--parts=input needs --workdir (the tokenizer is written there)")
+  if unknown := sorted(set(stages) - {"stage1", "stage2"}):
+    raise config_lib.ConfigError(f"--stages: unknown {', '.join(unknown)}; choose from "
+                                 "stage1, stage2")
   if topology and "precision" not in parts:
     raise config_lib.ConfigError("--topology is for --parts=precision")
   mesh = sharding.make_mesh(config.mesh)
@@ -236,15 +266,21 @@ def run_benchmarks(config: ml_collections.ConfigDict, *, parts: Sequence[str], s
   if set(parts) & {"train", "modules", "sampler"}:
     peak_flops = matmul_flops_per_sec(config.vqvae.dtype)
     report["matmul_gflops_per_s"] = round(peak_flops / 1e9, 1)
+    if chip_peak_flops():
+      report["chip_bf16_peak_tflops"] = round(chip_peak_flops() / 1e12, 1)
   if "train" in parts or "modules" in parts:
+    unrolled = config_lib.unrolled(config)
     tasks = {
-        "stage1": (stage1.make_task(config),
+        "stage1": (stage1.make_task(config), stage1.make_task(unrolled),
                    stage1.random_batch(config, config.vqvae.optim.batch_size)),
         "stage2": (stage2.make_task(config, stage1_step=0),
+                   stage2.make_task(unrolled, stage1_step=0),
                    random_codes_batch(config, config.prior.optim.batch_size)),
     }
-    for name, (task, batch) in tasks.items():
-      report[f"{name}_train_step"] = bench_train_step(task, batch, mesh, steps, peak_flops)
+    for name in stages:
+      task, unrolled_task, batch = tasks[name]
+      report[f"{name}_train_step"] = bench_train_step(task, batch, mesh, steps, peak_flops,
+                                                      unrolled_task, config.mesh)
       if "modules" in parts:
         step_seconds = 1.0 / report[f"{name}_train_step"]["steps_per_s"]
         report[f"{name}_modules"] = module_bench.bench_modules(

@@ -41,7 +41,10 @@ def initialize_distributed() -> None:
 
 def hide_accelerators_from_tensorflow() -> None:
   """tf.data and TFDS run on the host: TensorFlow must not take GPU or TPU memory JAX needs."""
-  import tensorflow as tf
+  try:
+    import tensorflow as tf
+  except ImportError:  # a JAX-only environment (a benchmark on a GPU image): nothing to hide.
+    return
   for kind in ("GPU", "TPU"):
     try:
       tf.config.set_visible_devices([], kind)

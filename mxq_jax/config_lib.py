@@ -10,6 +10,7 @@ stage-1 model's typed config is read from a ConfigDict.
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.util
 import json
@@ -313,6 +314,15 @@ def prior_code_order(config: ml_collections.ConfigDict):
 # The models take typed configs (mxq_jax/models imports nothing else of the package); these
 # read them from the ConfigDict. The model packages are imported here, not at the top, so that
 # loading a config file does not import jax.
+
+
+def unrolled(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy with every repeated block unrolled (scan_layers off): the same model and state,
+  as XLA's cost analysis must see it (it counts a scanned loop's body once)."""
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.vqvae.scan_layers = config.prior.scan_layers = False
+  return config
 
 
 def quantizer_config(config: ml_collections.ConfigDict) -> codebooks.QuantizerConfig:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mxq_jax import bench_lib, config_lib, module_bench
+from mxq_jax import bench_lib, config_lib, module_bench, sharding
 from mxq_jax.training import stage1, stage2, trainer as trainer_lib
 from conftest import load_config
 
@@ -97,3 +97,33 @@ def test_unknown_parts_are_refused(smoke_config):
   with pytest.raises(config_lib.ConfigError, match="unknown modul"):
     bench_lib.run_benchmarks(smoke_config, parts=["modul"], steps=1, sampler_batches=[],
                              min_seconds=0.0)
+
+
+def test_train_step_flops_count_every_scanned_layer():
+  """XLA counts a scanned loop's body once, so the bench counts the unrolled program: a
+  scan_layers prior reports the FLOPs of the same step unrolled."""
+  config = load_config("synthetic", "smoke")
+  config.prior.scan_layers = True
+  config.prior.num_layers = 4
+
+  def prior_flops(config) -> float:
+    task = stage2.make_task(config, stage1_step=0)
+    abstract, _ = trainer_lib.abstract_state(task, sharding.make_mesh(config.mesh))
+    batch = bench_lib.random_codes_batch(config, config.prior.optim.batch_size)
+    return bench_lib.cpu_flops(
+        lambda mesh: trainer_lib.make_train_step(task, mesh,
+                                                 trainer_lib.abstract_state(task, mesh)[1]),
+        config.mesh, abstract, batch, jax.random.key(0))
+
+  scanned, unrolled = prior_flops(config), prior_flops(config_lib.unrolled(config))
+  assert scanned < 0.6 * unrolled  # one layer of four counted in the loop.
+  report = bench_lib.run_benchmarks(config, parts=["train"], steps=1, sampler_batches=[],
+                                    min_seconds=0.0, stages=["stage2"])
+  assert "stage1_train_step" not in report
+  assert report["stage2_train_step"]["step_gflops"] == round(unrolled / 1e9, 2)
+
+
+def test_unknown_stages_are_refused(smoke_config):
+  with pytest.raises(config_lib.ConfigError, match="--stages: unknown stage3"):
+    bench_lib.run_benchmarks(smoke_config, parts=["train"], steps=1, sampler_batches=[],
+                             min_seconds=0.0, stages=["stage3"])

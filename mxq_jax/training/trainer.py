@@ -9,8 +9,10 @@ writers with `ReportProgress` (steps/s, ETA) and `Profile`, the NaN guard.
 
 import dataclasses
 import functools
+import itertools
 import math
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -189,6 +191,18 @@ def flat_hparams(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 # -------------------------------------------------------------------------------- the trainer
 
 
+def wait_for_all_processes(name: str, timeout_s: int = 3600) -> None:
+  """A barrier of every process through JAX's coordination service (a no-op in one process).
+
+  Unlike `multihost_utils.sync_global_devices`, it runs no collective, so it sets up no
+  communicator and is not bounded by a communicator's set-up timeout. `name` must be unique.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
+
+
 class Trainer:
   """Trains one `Task` to `task.optim.num_steps`, resuming from its latest checkpoint.
 
@@ -275,6 +289,9 @@ class Trainer:
       raise interrupts.Stopped(interrupts.requested(),
                               f"{task.name}: stopped at step {start} (nothing new to save)")
     history, pending = [], None  # pending: the step in flight, fetched after the next dispatch.
+    first_batch = next(batches)
+    self._compile_train_step(state, first_batch)
+    batches = itertools.chain([first_batch], batches)
     logging.info("%s: training steps %d..%d", task.name, start, optim.num_steps)
     for step in range(start + 1, optim.num_steps + 1):
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
@@ -303,6 +320,19 @@ class Trainer:
       if stop_signal and not is_last:
         raise interrupts.Stopped(stop_signal, f"{task.name}: saved step {step} and stopped")
     return state, final_metrics
+
+  def _compile_train_step(self, state: TrainState, batch) -> None:
+    """Compiles the train step before the first step (jit keeps it: the loop's calls reuse it).
+
+    In a multi-process run the processes then wait for each other at a coordination-service
+    barrier (no collective), so that the step's collectives start together: a process whose
+    compile ran late (a busy host) would otherwise time out the others' set-up of the
+    collective communicators (gloo on CPU gives it 30 s).
+    """
+    start = time.perf_counter()
+    self.train_step.lower(state, batch, self.key).compile()
+    logging.info("%s: train step compiled in %.1f s", self.task.name, time.perf_counter() - start)
+    wait_for_all_processes(f"mxq_jax {self.task.name}: step {int(state.step)} compiled")
 
   def _restore_or_init(self, manager) -> TrainState:
     """The newest checkpoint that restores (damaged ones moved aside), else a fresh state."""
