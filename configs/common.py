@@ -60,8 +60,8 @@ PHOTO_DATASET = {
     # comes lets the prior see every caption (the encoder is a fraction of a prior step here).
     "prior.encode_on_the_fly": True,
     "evaluation.num_samples": 1_000,
-    # One GPU (80 GB) or a TPU v5e-8 (16 a chip): chosen for memory headroom at 276 codes, not
-    # yet measured on either.
+    # One GPU or a TPU v5e-8 (16 a chip). On an H200 stage 1 took 10.0 GB in fp32, 6.8 in
+    # bf16 at this batch (README, "Train-step throughput").
     "vqvae.optim.batch_size": 128,
     "prior.optim.batch_size": 128,
     # Each repeated block compiled once (models/repeated.py): the cub prior's train step
@@ -128,12 +128,29 @@ PHOTO_SMOKE_SIZES = {
 
 # ------------------------------------------------------------------------- photo datasets
 
-PHOTO_VARIANTS = {"default": {}, "smoke": PHOTO_SMOKE_SIZES}  # what each `:ARG` applies last.
+# bf16 compute (parameters and Adam state stay fp32): 1.70x the fp32 step rate for CUB's stage 1
+# on an H200 (README, "Train-step throughput"); what accelerators should train with.
+BF16 = {"vqvae.dtype": "bfloat16", "prior.dtype": "bfloat16"}
+
+# The slices people rent, at the paper sizes (global batches; the mesh stays data-parallel, which
+# suits 26M parameters). Each fits by `python -m mxq_jax.aot` (its table in the README).
+SLICES = {
+    # One GPU: 128 pairs a step, 6.8 GB and 46 steps/s for stage 1 on an H200.
+    "gpu": {**BF16},
+    # A TPU v5e-8, one host of 8 chips with 16 GiB each: the same 128 (16 a chip).
+    "v5e-8": {**BF16},
+    # A TPU v5e-32, 8 hosts of 4 chips: the authors' batch, 384 (12 a chip).
+    "v5e-32": {**BF16, "vqvae.optim.batch_size": 384, "prior.optim.batch_size": 384},
+}
+
+# What each `:ARG` applies last.
+PHOTO_VARIANTS = {"default": {}, "smoke": PHOTO_SMOKE_SIZES, **SLICES}
 
 
 def photo_config(arg: str | None, dataset_fields: dict):
   """cub, flowers, coco: `base_config()`, PHOTO_DATASET (128 px, 80 tokens, 276 codes), the
-  dataset's own fields, then the `:ARG` variant (smoke: a tiny model at 16 px, a few steps)."""
+  dataset's own fields, then the `:ARG` variant (smoke: a tiny model at 16 px, a few steps;
+  gpu, v5e-8, v5e-32: the batch and precision for that hardware, SLICES)."""
   from mxq_jax import config_lib  # pylint: disable=g-import-not-at-top
   variant = config_lib.parse_variant(arg, allowed=tuple(PHOTO_VARIANTS))
   config = config_lib.base_config()

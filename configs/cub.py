@@ -16,10 +16,12 @@ Arguments:
 Switches: --config.data.split=class (Reed's zero-shot class split instead of the official image
 split), --config.data.crop_to_bbox=True (crop each photo to its bird first).
 
-Batches are global and the mesh data-parallel. One GPU (80 GB): 128 pairs per step as set;
-TPU v5e-8 (8 chips, 16 GB each): the same 128 (16 a chip), mesh.data=-1, with
---config.vqvae.dtype=bfloat16 --config.prior.dtype=bfloat16 and gs:// data and work dirs.
-These batch sizes are chosen for memory headroom at 276 codes, not yet measured on either.
+Batches are global and the mesh data-parallel. The hardware variants (configs/common.py, SLICES)
+set the batch and bf16 compute for what people rent:
+  --config=configs/cub.py:gpu      one GPU: 128 pairs a step (H200: 46 stage-1 steps/s, 6.8 GB)
+  --config=configs/cub.py:v5e-8    TPU v5e-8: 128 (16 a chip)
+  --config=configs/cub.py:v5e-32   TPU v5e-32: 384 (12 a chip), the authors' batch
+with gs:// data and work dirs on TPU VMs. `python -m mxq_jax.aot` checked that they fit (README).
 """
 
 import ml_collections

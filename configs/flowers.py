@@ -12,12 +12,12 @@ ship them, side by side in one folder (README, "Datasets"):
 Arguments:
   --config=configs/flowers.py          the paper's sizes
   --config=configs/flowers.py:smoke    a tiny model at 16 px and a few steps
+  --config=configs/flowers.py:gpu, :v5e-8, :v5e-32   batch and bf16 for that hardware (cub.py)
 
 Switch: --config.data.split=class (Reed's class split; "official" trains on setid.mat's
 trnid + valid and tests on tstid).
 
-Batches and meshes as in configs/cub.py: 128 pairs per step on one GPU or a v5e-8 (chosen for
-memory headroom at 276 codes, not yet measured).
+Batches, meshes and the hardware variants as in configs/cub.py (the same network and 276 codes).
 """
 
 import ml_collections

@@ -67,6 +67,22 @@ def test_every_variant_is_pinned():
   assert set(KEY_SIZES) == set(VARIANTS)
 
 
+@pytest.mark.parametrize("name", ["cub", "flowers", "coco"])
+def test_hardware_variants_are_the_paper_config_in_bf16_at_their_batch(name):
+  """:gpu, :v5e-8 and :v5e-32 change only precision and batch, and split over their chips."""
+  full = load_config(name, None).to_dict()
+  for arg, chips, batch in (("gpu", 1, 128), ("v5e-8", 8, 128), ("v5e-32", 32, 384)):
+    config = load_config(name, arg)
+    config_lib.validate(config, num_devices=chips)
+    assert config.vqvae.dtype == config.prior.dtype == "bfloat16", arg
+    assert config.vqvae.optim.batch_size == config.prior.optim.batch_size == batch, arg
+    expected = {**full, "vqvae": {**full["vqvae"], "dtype": "bfloat16"},
+                "prior": {**full["prior"], "dtype": "bfloat16"}}
+    for group in ("vqvae", "prior"):
+      expected[group]["optim"] = {**full[group]["optim"], "batch_size": batch}
+    assert config.to_dict() == expected, arg
+
+
 def test_paper_sizes_are_the_schema_defaults():
   """PAPER_SIZES states base_config()'s reference sizes: applying it changes nothing."""
   config = config_lib.base_config()
@@ -112,7 +128,7 @@ def test_unknown_config_argument():
   with pytest.raises(config_lib.ConfigError,
                      match="unknown config argument 'tiny'; use one of default, paper, smoke"):
     load_config("synthetic", "tiny")
-  with pytest.raises(config_lib.ConfigError, match="use one of default, smoke$"):
+  with pytest.raises(config_lib.ConfigError, match="use one of default, smoke, gpu, v5e-8, v5e-32$"):
     load_config("cub", "paper")
 
 
