@@ -136,9 +136,9 @@ BF16 = {"vqvae.dtype": "bfloat16", "prior.dtype": "bfloat16"}
 # suits 26M parameters). Each fits by `python -m mxq_jax.aot` (its table in the README).
 SLICES = {
     # One GPU: 128 pairs a step, 6.8 GB and 46 steps/s for stage 1 on an H200.
-    "gpu": {**BF16},
+    "gpu": BF16,
     # A TPU v5e-8, one host of 8 chips with 16 GiB each: the same 128 (16 a chip).
-    "v5e-8": {**BF16},
+    "v5e-8": BF16,
     # A TPU v5e-32, 8 hosts of 4 chips: the authors' batch, 384 (12 a chip).
     "v5e-32": {**BF16, "vqvae.optim.batch_size": 384, "prior.optim.batch_size": 384},
 }

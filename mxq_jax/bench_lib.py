@@ -89,6 +89,13 @@ def cpu_flops(build: Callable, mesh_config, *args) -> float | None:
     return None
 
 
+def train_step_flops(task: trainer_lib.Task, mesh_config, state, batch, key) -> float | None:
+  """`cpu_flops` of `task`'s train step (pass the unrolled task: XLA counts a scanned loop's
+  body once)."""
+  return cpu_flops(lambda mesh: trainer_lib.make_train_step(
+      task, mesh, trainer_lib.abstract_state(task, mesh)[1]), mesh_config, state, batch, key)
+
+
 def peak_memory_bytes() -> dict[str, int]:
   stats = jax.devices()[0].memory_stats() or {}
   peak = {"host_max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
@@ -112,9 +119,7 @@ def bench_train_step(task: trainer_lib.Task, batch: dict, mesh, steps: int,
   start = time.perf_counter()
   compiled = step_fn.lower(state, batch, key).compile()
   compile_s = time.perf_counter() - start
-  flops = cpu_flops(lambda cpu_mesh: trainer_lib.make_train_step(
-      unrolled_task, cpu_mesh, trainer_lib.abstract_state(unrolled_task, cpu_mesh)[1]),
-      mesh_config, state, batch, key)
+  flops = train_step_flops(unrolled_task, mesh_config, state, batch, key)
 
   state, metrics = compiled(state, batch, key)  # warm-up (first-run allocations).
   jax.block_until_ready(metrics)
