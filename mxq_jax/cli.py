@@ -98,6 +98,16 @@ def run(command: Callable[[], Any]) -> Any:
              "rerun the same command")
 
 
+def check_flags(check: Callable[[], None]) -> None:
+  """`check()` before start-up (no JAX or TensorFlow imported: a bad flag fails in a second),
+  with its ConfigError as one line and exit status 1, as `run` reports it."""
+  from mxq_jax import config_lib
+  try:
+    check()
+  except config_lib.ConfigError as error:
+    sys.exit(f"mxq_jax: error: {error}")
+
+
 def _config_load_failure(error: OSError) -> str:
   """'configs/nope.py: No such file or directory' from ml_collections' multi-line report."""
   lines = [line.strip() for line in str(error).splitlines() if line.strip()]

@@ -41,14 +41,19 @@ flags.register_multi_flags_validator(
     message="give one of --workdir (a trained workdir) or --pretrained (caption_digits)")
 
 
+def check_sampling_flags() -> None:
+  """The sampling flags given, checked before start-up and before the workdir is read (the
+  config's settings are checked once it is read)."""
+  from mxq_jax import config_lib
+  neutral = {"top_k": 1, "top_p": 1.0, "temperature": 1.0, "image_temperature": None}
+  config_lib.validate_sampling(**{name: value if FLAGS[name].value is None else FLAGS[name].value
+                                  for name, value in neutral.items()})
+
+
 def generate() -> dict:
-  from mxq_jax import config_lib, context
+  from mxq_jax import context
   from mxq_jax.generation import generate as generate_lib
   given = {name: FLAGS[name].value for name in generate_lib.SETTINGS}
-  # The flags given are checked before the workdir is read (the config's, after).
-  neutral = {"top_k": 1, "top_p": 1.0, "temperature": 1.0, "image_temperature": None}
-  config_lib.validate_sampling(**{name: neutral[name] if value is None else value
-                                  for name, value in given.items()})
   if FLAGS.pretrained:
     from mxq_jax import pretrained
     run_context = pretrained.load(FLAGS.pretrained)
@@ -62,6 +67,7 @@ def generate() -> dict:
 
 def main(argv):
   cli.check_no_arguments(argv)
+  cli.check_flags(check_sampling_flags)
   cli.start()
   summary = cli.run(generate)
   print(f"wrote {summary['pairs']} pairs to {FLAGS.outdir} in {summary['seconds']} s: "
