@@ -11,6 +11,8 @@ Arguments:
   --config=configs/synthetic.py:smoke    a tiny model and a few steps (tests, install checks)
   --config=configs/synthetic.py:long_prior  the previous default recipe, for comparison: the
                                           prior trained for 6,000 steps instead of 3,600
+  --config=configs/synthetic.py:small_prior  the prior at width 96 (0.55M parameters, 0.6x the
+                                          FLOPs a step): the same targets met (coherence 0.907)
   --config=configs/synthetic.py:quick    the default model for a fraction of the steps: rough
                                           pairs within minutes on a laptop or a Colab CPU
                                           (notebooks/quickstart.ipynb)
@@ -31,6 +33,10 @@ VARIANTS = {
     "smoke": common.SMOKE_SIZES,
     "long_prior": {"prior.optim.num_steps": 6_000, "prior.optim.eval_every": 1_000,
                    "prior.optim.checkpoint_every": 1_000},
+    # Width 96 (MLP 384): 17.4 GFLOP a step instead of 29.3 at the same 42% of the matmul rate;
+    # 3,600 steps end at test NLL 0.993 nats/code, coherence 0.907, caption validity 0.987,
+    # attribute TVD 0.058 (1,000 pairs, one seed; README "Stage 2").
+    "small_prior": {"prior.dim": 96, "prior.mlp_dim": 384},
     # notebooks/quickstart.ipynb on a CPU: stage 1 ends at test PSNR 25.7 dB (28.6 at 5,000
     # steps), token accuracy 0.984; the prior at test NLL 1.36 nats/code (0.97 for the default).
     "quick": {"vqvae.optim.num_steps": 1_500, "vqvae.optim.eval_every": 500,
