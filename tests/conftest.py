@@ -64,5 +64,8 @@ SLOW_FILES = (
 
 def pytest_collection_modifyitems(items):
   """The slow files first (SLOW_FILES), each file's tests together and in their own order."""
+  missing = [path for path in SLOW_FILES if not (REPO / path).is_file()]
+  if missing:  # a renamed file would silently lose its place.
+    raise pytest.UsageError(f"tests/conftest.py SLOW_FILES names missing files: {missing}")
   rank = {path: i for i, path in enumerate(SLOW_FILES)}
   items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(SLOW_FILES)))
