@@ -33,8 +33,8 @@ VARIANTS = {
     "smoke": common.SMOKE_SIZES,
     "long_prior": {"prior.optim.num_steps": 6_000, "prior.optim.eval_every": 1_000,
                    "prior.optim.checkpoint_every": 1_000},
-    # Width 96 (MLP 384): 17.4 GFLOP a step instead of 29.3, at 42% of the matmul rate (width
-    # 128: 38%); 3,600 steps end at test NLL 0.993 nats/code, coherence 0.907, caption validity 0.987,
+    # Width 96 (MLP 384): 17.4 GFLOP a step instead of 29.3, at 42% of the matmul rate (width 128:
+    # 38%); 3,600 steps end at test NLL 0.993 nats/code, coherence 0.907, caption validity 0.987,
     # attribute TVD 0.058 (1,000 pairs, one seed; README "Stage 2").
     "small_prior": {"prior.dim": 96, "prior.mlp_dim": 384},
     # notebooks/quickstart.ipynb on a CPU: stage 1 ends at test PSNR 25.7 dB (28.6 at 5,000
