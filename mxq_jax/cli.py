@@ -1,6 +1,7 @@
-"""What every command-line entry point shares: start-up (log filtering, TensorFlow kept off the
-accelerators, multi-process initialization), flag errors as one line, and the commands' own
-errors (a bad config, workdir or outdir) as one line and a non-zero exit."""
+"""What every command-line entry point shares: start-up (log filtering, multi-process
+initialization), flag errors as one line, and the commands' own errors (a bad config, workdir
+or outdir) as one line and a non-zero exit. (TensorFlow is kept off the accelerators where it
+is imported: `host_tensorflow`.)"""
 
 import errno
 import logging as std_logging
@@ -39,26 +40,12 @@ def initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
-def hide_accelerators_from_tensorflow() -> None:
-  """tf.data and TFDS run on the host: TensorFlow must not take GPU or TPU memory JAX needs."""
-  try:
-    import tensorflow as tf
-  except ImportError:  # a JAX-only environment (a benchmark on a GPU image): nothing to hide.
-    return
-  for kind in ("GPU", "TPU"):
-    try:
-      tf.config.set_visible_devices([], kind)
-    except RuntimeError:  # TF already initialized its devices: too late to change, harmless.
-      pass
-
-
 def start(distributed: bool = True) -> None:
-  """Once, before a command's work: quiet logs, TensorFlow off the accelerators, and
-  `jax.distributed` where the run is multi-process (unless `distributed=False`: a command that
-  runs alone on one host of a slice, like the ahead-of-time fit check)."""
+  """Once, before a command's work: quiet logs, and `jax.distributed` where the run is
+  multi-process (unless `distributed=False`: a command that runs alone on one host of a
+  slice, like the ahead-of-time fit check)."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   absl_logging.get_absl_handler().addFilter(OwnInfoOnly())
-  hide_accelerators_from_tensorflow()
   if distributed:
     initialize_distributed()
 

@@ -13,12 +13,17 @@ import dataclasses
 import functools
 import os
 
+from typing import TYPE_CHECKING
+
 import jax
 import ml_collections
 
 from mxq_jax import config_lib, files, sharding
-from mxq_jax.data import pipeline, tokenizer as tokenizer_lib
+from mxq_jax.data import tokenizer as tokenizer_lib
 from mxq_jax.training import checkpoints, stage1, stage2, trainer as trainer_lib
+
+if TYPE_CHECKING:  # the data pipeline imports TensorFlow: only where data is read.
+  from mxq_jax.data import pipeline
 
 
 @dataclasses.dataclass
@@ -32,8 +37,9 @@ class RunContext:
   steps: dict[str, int] = dataclasses.field(default_factory=dict)  # their steps.
 
   @functools.cached_property
-  def data(self) -> pipeline.DataSplits:
+  def data(self) -> "pipeline.DataSplits":
     """Both splits and the tokenizer, built and loaded on first use."""
+    from mxq_jax.data import pipeline  # TensorFlow: `sample` reads no data and never loads it.
     return pipeline.load_splits(self.config, self.workdir)
 
   @functools.cached_property

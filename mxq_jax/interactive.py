@@ -51,7 +51,7 @@ class _NotebookLines(cli.OwnInfoOnly):
 
 def show_progress() -> None:
   """Logs in a notebook as the commands do on a terminal: the project's INFO lines (steps,
-  losses, steps/s, ETA), only the warnings of libraries; TensorFlow kept off the accelerators."""
+  losses, steps/s, ETA), only the warnings of libraries."""
   cli.start(distributed=False)
   handler = std_logging.StreamHandler(sys.stdout)
   handler.setFormatter(std_logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
@@ -74,7 +74,7 @@ def load_config(path: str) -> ml_collections.ConfigDict:
 def training_curves(workdir: str, task: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """{tag: (steps, values)} of the scalars a task ("stage1", "stage2") logged to TensorBoard
   (local or gs://)."""
-  import tensorflow as tf  # reads the event files clu's writer wrote.
+  from mxq_jax.host_tensorflow import tf  # reads the event files clu's writer wrote.
   curves: dict[str, list[tuple[int, float]]] = {}
   for path in sorted(tf.io.gfile.glob(os.path.join(workdir, task, "events.out.tfevents.*"))):
     for record in tf.data.TFRecordDataset(path):

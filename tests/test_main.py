@@ -14,8 +14,8 @@ from mxq_jax import config_lib, run
 from conftest import REPO, load_config
 
 
-def run_module(module: str, *flags: str) -> subprocess.CompletedProcess:
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+def run_module(module: str, *flags: str, **env_vars: str) -> subprocess.CompletedProcess:
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", **env_vars)
   return subprocess.run([sys.executable, "-m", module, *flags], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=600)
 
@@ -24,8 +24,8 @@ def run_main(*flags: str) -> subprocess.CompletedProcess:
   return run_module("mxq_jax.main", *flags)
 
 
-def run_sample(*flags: str) -> subprocess.CompletedProcess:
-  return run_module("mxq_jax.sample", *flags)
+def run_sample(*flags: str, **env_vars: str) -> subprocess.CompletedProcess:
+  return run_module("mxq_jax.sample", *flags, **env_vars)
 
 
 def snapshot(path) -> list[str]:
@@ -122,9 +122,12 @@ def test_sample_writes_pairs_and_refuses_to_overwrite(trained_workdir, tmp_path)
   outdir = tmp_path / "samples"
   flags = [f"--workdir={workdir}", f"--outdir={outdir}", "--num_samples=20", "--batch_size=16",
            "--seed=3"]
-  result = run_sample(*flags)
+  result = run_sample(*flags, PYTHONPROFILEIMPORTTIME="1")  # stderr lists every import.
   assert result.returncode == 0, result.stderr[-3000:]
   assert "wrote 20 pairs" in result.stdout and "pairs/s" in result.stdout
+  imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
+              if line.startswith("import time:")}
+  assert "jax" in imported and "tensorflow" not in imported  # 5-7 s of start-up it needs not.
   assert sorted(os.listdir(outdir)) == ["grid.png", "images", "samples.jsonl"]
   assert sorted(os.listdir(outdir / "images")) == [f"{i:05d}.png" for i in range(20)]
   records = [json.loads(line) for line in (outdir / "samples.jsonl").read_text().splitlines()]

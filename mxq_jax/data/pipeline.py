@@ -21,10 +21,10 @@ import jax
 from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mxq_jax import files
+from mxq_jax.host_tensorflow import tf
 from mxq_jax.data import caption_attributes
 from mxq_jax.data import caption_digits
 from mxq_jax.data import prepared

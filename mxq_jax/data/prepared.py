@@ -19,10 +19,10 @@ import time
 from absl import logging
 import ml_collections
 import numpy as np
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mxq_jax import files
+from mxq_jax.host_tensorflow import tf
 
 # config.data.name -> the module whose build(data_config) prepares the TFDS builder.
 _BUILDER_MODULES = {"cub": "mxq_jax.data.cub", "flowers": "mxq_jax.data.flowers",

@@ -220,7 +220,9 @@ def attribute_metrics(context: context_lib.RunContext, images, captions) -> dict
 
 def write_tensorboard(context: context_lib.RunContext, metrics: dict) -> None:
   """The numeric metrics to {workdir}/evaluate's TensorBoard log, at the prior's step."""
-  from clu import metric_writers  # clu's writers import TensorFlow.
+  # clu's writers run TensorFlow: off the accelerators first.
+  from mxq_jax import host_tensorflow  # pylint: disable=unused-import
+  from clu import metric_writers
   writer = metric_writers.create_default_writer(
       os.path.join(context.workdir, "evaluate"), just_logging=jax.process_index() > 0)
   writer.write_scalars(context.prior_step(), {

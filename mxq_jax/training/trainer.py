@@ -251,7 +251,9 @@ class Trainer:
       manager.close()
       return state, files.read_json(self.metrics_path)
 
-    from clu import metric_writers, periodic_actions  # clu's writers import TensorFlow.
+    # clu's writers run TensorFlow: off the accelerators first.
+    from mxq_jax import host_tensorflow  # pylint: disable=unused-import
+    from clu import metric_writers, periodic_actions
     writer = metric_writers.create_default_writer(
         self.directory, just_logging=jax.process_index() > 0, asynchronous=True)
     if self.hparams is not None and start == 0:

@@ -2,6 +2,8 @@
 convolutions as `nnx.ConvTranspose`, the stride-1 convolutions as matmuls (`MatmulConv`) as
 `nnx.Conv`. Same parameters, equal outputs and gradients at the reference sizes."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +13,7 @@ from flax import nnx
 from mxq_jax.models import layers
 
 
+@nnx.jit  # one program: op by op, each of the many small ops would compile on its own.
 def outputs_and_grads(model, x):
   loss = lambda m, x: jnp.sum(jnp.sin(m(x)))  # a non-linear loss: every output matters.
   y = model(x)
@@ -78,6 +81,7 @@ def test_other_transposed_convolutions_are_refused():
 # ------------------------------------------------------------------- the bf16 forms (precision)
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def conv_outputs_and_grads(conv, x, kernel):
   loss = lambda x, kernel: jnp.sum(jnp.sin(conv(x, kernel)))
   return conv(x, kernel), *jax.grad(loss, argnums=(0, 1))(x, kernel)
