@@ -21,7 +21,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   cli.check_no_arguments(argv)
   cli.start()
-  from mxq_jax import run  # after start-up: TensorFlow is kept off the accelerators first.
+  from mxq_jax import run  # after start-up: jax.distributed before anything touches JAX.
   cli.run(lambda: run.train_and_evaluate(FLAGS.config, FLAGS.workdir))
 
 
