@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mxq_jax import config_lib, sharding
+from mxq_jax import bench_lib, config_lib, sharding
 from mxq_jax.data import pipeline
 from mxq_jax.evaluation import classifier
 from mxq_jax.generation import sampler
@@ -192,8 +192,13 @@ def _task_programs(task: trainer_lib.Task, example: dict, mesh,
   return found, state
 
 
-def run_programs(config: ml_collections.ConfigDict, mesh) -> list[Program]:
-  """What `python -m mxq_jax.main` compiles for `config.stages` on `mesh`, shape-only."""
+def run_programs(config: ml_collections.ConfigDict, mesh, *, num_devices: int | None = None,
+                 unroll_sampler: bool = False) -> list[Program]:
+  """What `python -m mxq_jax.main` compiles for `config.stages` on `mesh`, shape-only.
+
+  num_devices: the devices the run's sampler batch is rounded for (default: the mesh's);
+  unroll_sampler: its decoding loop written out, for XLA's cost analysis only.
+  """
   stages = config_lib.parse_stages(config.stages)
   pairs = stage1.random_batch(config, 1)
   codes = {"codes": np.zeros((1, config_lib.num_joint_codes(config)), np.int32)}
@@ -211,10 +216,11 @@ def run_programs(config: ml_collections.ConfigDict, mesh) -> list[Program]:
   if "stage2" in stages:
     found += prior_programs
   if "evaluate" in stages:
-    batch_size = config_lib.evaluation_batch_size(config, mesh.devices.size)
+    batch_size = config_lib.evaluation_batch_size(config, num_devices or mesh.devices.size)
     found.append(Program(
         "sampler",
-        sampler.make_sampler(config, mesh, batch_size=batch_size, top_k=config.sampling.top_k),
+        sampler.make_sampler(config, mesh, batch_size=batch_size, top_k=config.sampling.top_k,
+                             unroll=unroll_sampler),
         (sampler.variables_of(prior_state), sampler.variables_of(stage1_state), _key(mesh),
          _scalar(mesh), _scalar(mesh), _scalar(mesh)),
         ("prior", "vae", "key", "top_p", "temperature", "image_temperature"),
@@ -245,8 +251,20 @@ def largest_arguments(program: Program, count: int | None = 3) -> list[tuple[str
   return sorted(sized, key=lambda item: -item[1])[:count]
 
 
-def compile_program(program: Program, hbm_bytes: int) -> dict:
-  """Compiles `program` and reports its time, FLOPs and per-chip memory against the HBM."""
+def global_flops(config: ml_collections.ConfigDict, num_devices: int) -> dict[str, float | None]:
+  """Each program's FLOPs a call, all chips together: XLA's cost analysis of the global program
+  lowered (not compiled) for one CPU device, every repeated block and the sampler's loop
+  unrolled. The compiled TPU program's own count is per chip and counts a loop body once."""
+  cpu_mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1)),
+                                jax.devices("cpu")[:1])
+  programs = run_programs(config_lib.unrolled(config), cpu_mesh, num_devices=num_devices,
+                          unroll_sampler=True)
+  return {p.name: bench_lib.flops_of(p.fn.lower(*p.args).cost_analysis()) for p in programs}
+
+
+def compile_program(program: Program, hbm_bytes: int, flops: float | None = None) -> dict:
+  """Compiles `program` and reports its time, `flops` (global_flops) and per-chip memory
+  against the HBM."""
   start = time.perf_counter()
   try:
     compiled = program.fn.lower(*program.args).compile()
@@ -256,10 +274,7 @@ def compile_program(program: Program, hbm_bytes: int) -> dict:
     return _out_of_memory_report(program, time.perf_counter() - start, str(error), hbm_bytes)
   seconds = time.perf_counter() - start
   memory = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return _report(program, seconds, hbm_bytes,
-                 gflops=cost["flops"] / 1e9 if cost and "flops" in cost else None,
+  return _report(program, seconds, hbm_bytes, gflops=None if flops is None else flops / 1e9,
                  arguments=memory.argument_size_in_bytes, outputs=memory.output_size_in_bytes,
                  temporaries=memory.temp_size_in_bytes, aliases=memory.alias_size_in_bytes)
 
@@ -336,10 +351,12 @@ def check_fit(config: ml_collections.ConfigDict, tpu: TpuSlice, devices: Sequenc
   devices = compile_only_devices(tpu) if devices is None else devices
   config_lib.validate(config, len(devices))
   mesh = sharding.make_mesh(config.mesh, devices=devices)
+  flops = global_flops(config, len(devices))
   results = []
   for program in run_programs(config, mesh):
     result = {"topology": tpu.name, "chips": tpu.chips, "hosts": tpu.hosts,
-              "mesh": dict(mesh.shape), **compile_program(program, tpu.hbm_bytes)}
+              "mesh": dict(mesh.shape),
+              **compile_program(program, tpu.hbm_bytes, flops.get(program.name))}
     report(result)
     results.append(result)
     if not result["fits"]:

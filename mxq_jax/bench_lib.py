@@ -65,7 +65,7 @@ def chip_peak_flops() -> float | None:
   return peak * jax.device_count() if peak else None
 
 
-def _flops(analysis) -> float | None:
+def flops_of(analysis) -> float | None:
   if isinstance(analysis, (list, tuple)):  # older jax returns one dict per device program.
     analysis = analysis[0] if analysis else None
   return float(analysis["flops"]) if analysis and analysis.get("flops") else None
@@ -83,7 +83,7 @@ def cpu_flops(build: Callable, mesh_config, *args) -> float | None:
     mesh = sharding.make_mesh(mesh_config, jax.devices("cpu")[:1])
     shapes = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if hasattr(x, "shape") else x, args)
-    return _flops(build(mesh).lower(*shapes).cost_analysis())
+    return flops_of(build(mesh).lower(*shapes).cost_analysis())
   except Exception as error:  # no CPU backend (JAX_PLATFORMS): report no FLOPs rather than fail.
     print(f"bench: no FLOP count ({type(error).__name__}: {error})", file=sys.stderr)
     return None

@@ -9,7 +9,7 @@ import jax
 import pytest
 
 from conftest import REPO, load_config
-from mxq_jax import aot_lib, config_lib, sharding
+from mxq_jax import aot_lib, bench_lib, config_lib, sharding
 
 
 @pytest.mark.parametrize("name, topology, chips, hosts, hbm_gib", [
@@ -50,6 +50,27 @@ def test_the_programs_of_a_run():
   assert names(photos) == ["encode", "stage2/train", "stage2/eval", "sampler"]
 
 
+def test_flops_count_every_layer_once_per_call_for_the_whole_slice():
+  """XLA's cost analysis counts a loop body once: the reported FLOPs come from the program
+  with its repeated blocks and the sampler's loop written out, so scanning changes nothing."""
+  def smoke(scan: bool):
+    config = load_config("synthetic", "smoke")
+    config.vqvae.num_res_blocks = config.vqvae.fusion_layers = config.prior.num_layers = 2
+    config.vqvae.scan_layers = config.prior.scan_layers = scan
+    return config
+
+  flops = aot_lib.global_flops(smoke(scan=True), num_devices=4)
+  assert flops == aot_lib.global_flops(smoke(scan=False), num_devices=4)
+  assert set(flops) == {"stage1/train", "stage1/eval", "encode", "stage2/train", "stage2/eval",
+                        "sampler", "classifier/train", "classifier/eval"}
+  mesh = sharding.make_mesh(smoke(scan=True).mesh, jax.devices()[:1])
+  looped = {p.name: bench_lib.flops_of(p.fn.lower(*p.args).cost_analysis())
+            for p in aot_lib.run_programs(smoke(scan=True), mesh)}
+  for name in ("stage1/train", "stage2/train", "sampler"):  # each has a loop to undercount.
+    assert flops[name] > looped[name] > 0, name
+  assert flops["classifier/train"] == looped["classifier/train"]  # no loop in it.
+
+
 def prior_only(batch_size: int):
   """configs/synthetic.py:smoke's prior alone (compiles in seconds)."""
   config = load_config("synthetic", "smoke")
@@ -83,5 +104,7 @@ def test_command_prints_one_json_line_per_program(tmp_path):
   train = lines[0]
   assert train["mesh"] == {"data": 4, "fsdp": 1} and train["chips"] == 4
   assert train["hbm_mib"] == 16 * 1024 and 0 < train["peak_mib"] < 16 and train["gflops"] > 0
+  assert train["gflops"] == pytest.approx(  # the whole slice's step, not one chip's share.
+      aot_lib.global_flops(prior_only(16), num_devices=4)["stage2/train"] / 1e9, rel=1e-3)
   assert train["alias_mib"] > 0  # the donated state: the step's outputs alias its arguments.
   assert "TPU_ACCELERATOR_TYPE" not in result.stderr  # libtpu's host warnings are silenced.
