@@ -145,9 +145,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Runs the pending stages; returns the metrics of each stage that ran, and the test
   metrics of the selected training stages that did not.
 
-  The workdir is locked for the run (`workdir.hold`); config.json is written only once the
-  checks, the data and the tokenizer succeeded, and a first run that fails before that leaves
-  the workdir as it found it.
+  The workdir is locked for the run (`workdir.hold`); config.json (`workdir.record_config`) is
+  written only once the checks, the data and the tokenizer succeeded, and a first run that
+  fails before that leaves the workdir as it found it.
   """
   context = context_lib.for_training(config, workdir)
   with workdir_lib.hold(workdir):
@@ -159,9 +159,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       return {name: context.metrics(name) for name in selected if name in TRAINED_STAGES}
     if set(pending) - {"stage2"} or config.prior.encode_on_the_fly:  # stages that read data.
       _check_enough_examples(context)
-    config_path = os.path.join(workdir, workdir_lib.CONFIG_NAME)
-    if not files.exists(config_path) and jax.process_index() == 0:
-      files.write_json(config_path, config.to_dict())
+    if jax.process_index() == 0:
+      workdir_lib.record_config(workdir, config.to_dict())
     logging.info("stages to run: %s", ",".join(pending))
     results = {}
     for name in pending:

@@ -31,6 +31,37 @@ LOCK_NAME = ".mxq_jax.lock"
 CONFIG_NAME = "config.json"
 
 
+def _flat(tree: dict, prefix: str = "") -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flat(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def record_config(workdir: str, config: dict) -> None:
+  """{workdir}/config.json, which sample, evaluate and export rebuild the models from: the
+  config of the latest run that ran a stage. A run with another config (a prior of another
+  width trained into a copy of a stage-1 workdir) replaces it and keeps the earlier one as
+  config.N.json, logging the fields that changed; the same config writes nothing."""
+  path = os.path.join(workdir, CONFIG_NAME)
+  config = json.loads(json.dumps(config))  # as it reads back: tuples become lists.
+  if files.exists(path):
+    earlier = files.read_json(path)
+    if earlier == config:
+      return
+    kept = f"config.{len(files.glob(workdir, 'config.*.json')) + 1}.json"
+    files.write_text(os.path.join(workdir, kept), files.read_text(path))
+    old, new = _flat(earlier), _flat(config)
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    logging.warning("%s: this run's config differs from the workdir's in %s; config.json now "
+                    "holds this run's, the earlier one is kept as %s", workdir,
+                    ", ".join(f"{k} ({old.get(k)} -> {new.get(k)})" for k in changed), kept)
+  files.write_json(path, config)
+
+
 class WorkdirBusy(config_lib.ConfigError):
   """Another run holds the workdir."""
 

@@ -199,6 +199,27 @@ def test_sample_refuses_workdirs_without_a_matching_prior(trained_workdir, tmp_p
   assert not (tmp_path / "out").exists()
 
 
+def test_a_prior_of_another_width_in_a_copied_workdir_samples(trained_workdir, tmp_path):
+  """The lever experiments' workflow: stage 1 kept, the prior retrained at another width. The
+  workdir's config.json follows the run (sample rebuilds the models from it); the earlier one
+  is kept."""
+  workdir, data_dir = tmp_path / "work", trained_workdir[0].parent / "tfds"
+  shutil.copytree(trained_workdir[0], workdir, ignore=shutil.ignore_patterns(
+      "stage2", "samples", "evaluate", "classifier"))
+  config = load_config("synthetic", "smoke")
+  config.data.data_dir = str(data_dir)
+  config.stages, config.prior.dim = "stage2", 16
+  run.train_and_evaluate(config, str(workdir))
+  assert json.loads((workdir / "config.json").read_text())["prior"]["dim"] == 16
+  assert json.loads((workdir / "config.1.json").read_text())["prior"]["dim"] == 32
+  result = run_sample(f"--workdir={workdir}", f"--outdir={tmp_path / 'out'}", "--num_samples=4",
+                      "--batch_size=4")
+  assert result.returncode == 0, result.stderr[-3000:]
+  before = snapshot(workdir)
+  run.train_and_evaluate(config, str(workdir))  # the same config again: nothing written.
+  assert snapshot(workdir) == before
+
+
 def test_unknown_config_field_is_one_clear_line(tmp_path):
   result = run_main("--config=configs/synthetic.py:smoke", f"--workdir={tmp_path / 'w'}",
                     "--config.vqvae.embed_dims=32")
