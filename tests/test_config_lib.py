@@ -11,7 +11,7 @@ from conftest import REPO, load_config
 common = config_lib.load_beside(REPO / "configs" / "common.py", "common")
 
 VARIANTS = [("synthetic", None), ("synthetic", "paper"), ("synthetic", "smoke"),
-            ("synthetic", "small_prior"),
+            ("synthetic", "small_prior"), ("synthetic", "fast"),
             ("mnist", None), ("mnist", "smoke"), ("cub", None), ("cub", "smoke"),
             ("flowers", None), ("flowers", "smoke"), ("coco", None), ("coco", "smoke")]
 
@@ -43,6 +43,7 @@ KEY_SIZES = {
     ("synthetic", "paper"): ("caption_digits", 64, 64, 8, 8, 256, 128, 96, 384, 5_000, 512, 384),
     ("synthetic", "smoke"): ("caption_digits", 16, 24, 2, 8, 32, 16, 96, 16, 6, 32, 16),
     ("synthetic", "small_prior"): ("caption_digits", 32, 24, 8, 16, 512, 64, 96, 32, 5_000, 96, 64),
+    ("synthetic", "fast"): ("caption_digits", 32, 24, 8, 16, 512, 64, 96, 32, 5_000, 64, 64),
     ("mnist", None): ("caption_mnist", 64, 64, 8, 8, 256, 128, 96, 384, 20_000, 512, 384),
     ("mnist", "smoke"): ("caption_mnist", 16, 24, 2, 8, 32, 16, 96, 16, 6, 32, 16),
     ("cub", None): ("cub", 128, 80, 16, 20, 256, 128, 2_048, 128, 20_000, 512, 128),
