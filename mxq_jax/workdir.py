@@ -44,13 +44,14 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 def record_config(workdir: str, config: dict) -> None:
   """{workdir}/config.json, which sample, evaluate and export rebuild the models from: the
   config of the latest run that ran a stage. A run with another config (a prior of another
-  width trained into a copy of a stage-1 workdir) replaces it and keeps the earlier one as
-  config.N.json, logging the fields that changed; the same config writes nothing."""
+  width trained into a copy of a stage-1 workdir, a stage trained for more steps) replaces it
+  and keeps the earlier one as config.N.json, logging the fields that changed; a config that
+  differs only in `stages` (what a run does, not what the workdir holds) writes nothing."""
   path = os.path.join(workdir, CONFIG_NAME)
   config = json.loads(json.dumps(config))  # as it reads back: tuples become lists.
   if files.exists(path):
     earlier = files.read_json(path)
-    if earlier == config:
+    if dict(earlier, stages=None) == dict(config, stages=None):
       return
     kept = f"config.{len(files.glob(workdir, 'config.*.json')) + 1}.json"
     files.write_text(os.path.join(workdir, kept), files.read_text(path))

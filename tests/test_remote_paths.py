@@ -272,7 +272,11 @@ def test_a_smoke_run_trains_resumes_and_samples_in_the_bucket(bucket, library_di
   smoke_config.stages = "stage1,encode,stage2"
   results = run.train_and_evaluate(smoke_config, workdir)  # stage 1 resumes at step 3.
   assert results["stage1"]["step"] == 6 and results["stage2"]["step"] == 3
-  assert files.listdir(workdir) == ["codes", "config.json", "stage1", "stage2", "tokenizer.model"]
+  # The second run extended stage 1: config.json holds its config, config.1.json the first's.
+  assert files.listdir(workdir) == ["codes", "config.1.json", "config.json", "stage1", "stage2",
+                                    "tokenizer.model"]
+  assert [files.read_json(f"{workdir}/{name}")["vqvae"]["optim"]["num_steps"]
+          for name in ("config.1.json", "config.json")] == [3, 6]
   assert files.read_json(f"{workdir}/stage2/eval_metrics.json") == results["stage2"]
   assert files.listdir(f"{workdir}/codes/stage1_step_6") == [
       "meta.json", "test-00000-of-00001.npy", "train-00000-of-00001.npy"]
