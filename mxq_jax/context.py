@@ -12,7 +12,6 @@ names the stage-1 step.
 import dataclasses
 import functools
 import os
-
 from typing import TYPE_CHECKING
 
 import jax

@@ -26,19 +26,10 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from mxq_jax import config_lib, files
+from mxq_jax.training import trainer as trainer_lib
 
 LOCK_NAME = ".mxq_jax.lock"
 CONFIG_NAME = "config.json"
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flat(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
 
 
 def record_config(workdir: str, config: dict) -> None:
@@ -55,7 +46,7 @@ def record_config(workdir: str, config: dict) -> None:
       return
     kept = f"config.{len(files.glob(workdir, 'config.*.json')) + 1}.json"
     files.write_text(os.path.join(workdir, kept), files.read_text(path))
-    old, new = _flat(earlier), _flat(config)
+    old, new = trainer_lib.flat_hparams(earlier), trainer_lib.flat_hparams(config)
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     logging.warning("%s: this run's config differs from the workdir's in %s; config.json now "
                     "holds this run's, the earlier one is kept as %s", workdir,
