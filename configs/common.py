@@ -64,9 +64,9 @@ PHOTO_DATASET = {
     # bf16 at this batch (README, "Train-step throughput").
     "vqvae.optim.batch_size": 128,
     "prior.optim.batch_size": 128,
-    # Each repeated block compiled once (models/repeated.py): the cub prior's train step
-    # compiled for a v5e-8 in 143 s instead of 310 s, stage 1's in 358 s instead of 387 s (its
-    # convolutions dominate), `python -m mxq_jax.aot` on a loaded 2-core CPU.
+    # Each repeated block compiled once (models/repeated.py): the cub:v5e-8 prior's train step
+    # compiled for a v5e-8 in 29 s instead of 64 s, stage 1's in 79 s instead of 91 s (its
+    # convolutions dominate), `python -m mxq_jax.aot` on a 2-core CPU (README, "Cloud TPU").
     "vqvae.scan_layers": True,
     "prior.scan_layers": True,
 }
