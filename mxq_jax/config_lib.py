@@ -217,6 +217,19 @@ def _field(tree, path: str):
   return functools.reduce(operator.getitem, path.split("."), tree)
 
 
+def flat_fields(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """A nested config as dotted fields ({"vqvae.embed_dim": 16, ...}, as `apply_table` takes
+  them): scalars as they are, others as str (TensorBoard hparams, config diffs)."""
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, Mapping):
+      flat.update(flat_fields(value, f"{prefix}{key}."))
+    else:
+      scalar = isinstance(value, (bool, int, float, str))
+      flat[f"{prefix}{key}"] = value if scalar else str(value)
+  return flat
+
+
 def apply_table(config: ml_collections.ConfigDict, table: Mapping[str, Any]) -> None:
   """Sets each dotted field of `table` ({"vqvae.embed_dim": 16, ...}) on `config`, in order.
 

@@ -26,7 +26,6 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from mxq_jax import config_lib, files
-from mxq_jax.training import trainer as trainer_lib
 
 LOCK_NAME = ".mxq_jax.lock"
 CONFIG_NAME = "config.json"
@@ -46,7 +45,7 @@ def record_config(workdir: str, config: dict) -> None:
       return
     kept = f"config.{len(files.glob(workdir, 'config.*.json')) + 1}.json"
     files.write_text(os.path.join(workdir, kept), files.read_text(path))
-    old, new = trainer_lib.flat_hparams(earlier), trainer_lib.flat_hparams(config)
+    old, new = config_lib.flat_fields(earlier), config_lib.flat_fields(config)
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     logging.warning("%s: this run's config differs from the workdir's in %s; config.json now "
                     "holds this run's, the earlier one is kept as %s", workdir,

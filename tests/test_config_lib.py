@@ -355,3 +355,14 @@ def test_model_vocabulary_is_code_vocabulary_size(codebooks, num_codes):
   config.vqvae.codebooks = codebooks
   model = nnx.eval_shape(lambda: MXQVAE(config_lib.mxq_vae_config(config), rngs=nnx.Rngs(0)))
   assert model.num_codes == config_lib.code_vocabulary_size(config) == num_codes
+
+
+def test_flat_fields_are_the_dotted_names_apply_table_takes():
+  config = load_config("synthetic", "smoke")
+  flat = config_lib.flat_fields(config.to_dict())
+  assert flat["vqvae.optim.num_steps"] == config.vqvae.optim.num_steps
+  assert flat["vqvae.image_channels"] == str(config.vqvae.image_channels)  # non-scalars as str.
+  scalars = {k: v for k, v in flat.items() if not isinstance(v, str)}
+  rebuilt = config_lib.base_config()
+  config_lib.apply_table(rebuilt, scalars)
+  assert config_lib.flat_fields(rebuilt.to_dict()).items() >= scalars.items()

@@ -176,18 +176,6 @@ def _mean_metrics(history: list[dict[str, np.ndarray]]) -> dict[str, float]:
   return {k: float(np.mean([h[k] for h in history])) for k in history[0]}
 
 
-def flat_hparams(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  """A nested config as TensorBoard hparams: dotted keys, scalars as they are, others as str."""
-  flat = {}
-  for key, value in config.items():
-    if isinstance(value, Mapping):
-      flat.update(flat_hparams(value, f"{prefix}{key}."))
-    else:
-      scalar = isinstance(value, (bool, int, float, str))
-      flat[f"{prefix}{key}"] = value if scalar else str(value)
-  return flat
-
-
 # -------------------------------------------------------------------------------- the trainer
 
 
@@ -257,7 +245,7 @@ class Trainer:
     writer = metric_writers.create_default_writer(
         self.directory, just_logging=jax.process_index() > 0, asynchronous=True)
     if self.hparams is not None and start == 0:
-      writer.write_hparams(flat_hparams(self.hparams))
+      writer.write_hparams(config_lib.flat_fields(self.hparams))
     progress = periodic_actions.ReportProgress(
         num_train_steps=optim.num_steps, writer=writer, every_steps=optim.log_every,
         every_secs=None)
