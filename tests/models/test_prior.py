@@ -53,8 +53,8 @@ def test_cached_decoding_equals_full_forward(model):
   np.testing.assert_allclose(cached_BxTxK, full_BxTxK, atol=1e-5, rtol=1e-5)
   # The cache holds every position's keys, and they were written (not left at zero).
   assert len(cache) == 2 and isinstance(cache[0], LayerCache)
-  assert cache[0].k.shape == (BATCH, SEQ_LEN + 1, 2, 8)
-  assert np.all(np.abs(np.asarray(cache[-1].v)).sum(axis=(0, 2, 3)) > 0)
+  assert cache[0].k.shape == (BATCH, 2, SEQ_LEN + 1, 8)
+  assert np.all(np.abs(np.asarray(cache[-1].v)).sum(axis=(0, 1, 3)) > 0)
 
 
 def test_decode_step_ignores_cache_slots_after_position(model):
