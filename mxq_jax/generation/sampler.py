@@ -1,7 +1,7 @@
 """Generation: ancestral sampling of joint codes from the prior, decoded to pixels and tokens.
 
 `make_sampler` compiles ONE program from (prior variables, stage-1 variables, key, top_p,
-temperature, image_temperature) to codes, uint8 images and token ids: a `lax.scan` over the N
+temperature, image_temperature) to codes, uint8 images and token ids: `lax.scan`s over the N
 code positions with an explicit KV cache, then the codebook look-up and both cross decoders.
 The batch is sharded over the mesh's batch axes; top-k and the batch size fix shapes (static),
 everything else is traced, so a new key or a new top_p / temperature reuses the compiled
@@ -47,15 +47,19 @@ def _temperature_at(temperature, seq_len: int, position: jax.Array) -> jax.Array
 
 def generate_codes(prior: prior_lib.Prior, key: jax.Array, batch_size: int, *, top_k: int,
                    top_p, temperature, constrain: Callable = lambda x: x,
-                   unroll: bool = False) -> jax.Array:
+                   unroll: bool = False, positions_per_scan: int = 16) -> jax.Array:
   """int32 [B, N]: codes sampled one position at a time, each step reading the KV cache.
 
+  One `lax.scan` per `positions_per_scan` positions, whose cache holds only the slots those
+  positions can read: attention then does not stream the whole [B, H, N + 1, head_dim] cache from
+  memory at every early position (at the reference sizes on a CPU, sampling ~10% faster; the
+  codes are bitwise those of one scan over a full cache).
   `temperature`: a scalar, or f32 [N], one per position of the prior's order.
   `constrain` places the batch-major carry on the mesh (a sharding constraint) or is identity.
   `unroll` writes out every position (for XLA's cost analysis, which counts a loop body once).
   """
-  bos_B = constrain(jnp.full((batch_size,), prior.bos, jnp.int32))
-  cache = jax.tree.map(constrain, prior.init_cache(batch_size))
+  token_B = constrain(jnp.full((batch_size,), prior.bos, jnp.int32))
+  cache = prior.init_cache(batch_size, length=0)
 
   def step(carry, position):
     token_B, cache = carry
@@ -65,8 +69,14 @@ def generate_codes(prior: prior_lib.Prior, key: jax.Array, batch_size: int, *, t
         temperature=_temperature_at(temperature, prior.seq_len, position))
     return (code_B, cache), code_B
 
-  _, codes_NxB = jax.lax.scan(step, (bos_B, cache), jnp.arange(prior.seq_len), unroll=unroll)
-  return codes_NxB.T
+  codes = []
+  for start in range(0, prior.seq_len, positions_per_scan):
+    stop = min(start + positions_per_scan, prior.seq_len)
+    cache = jax.tree.map(constrain, prior_lib.grow_cache(cache, stop))  # Slots 0..stop-1.
+    (token_B, cache), codes_SxB = jax.lax.scan(step, (token_B, cache), jnp.arange(start, stop),
+                                               unroll=unroll)
+    codes.append(codes_SxB)
+  return jnp.concatenate(codes).T
 
 
 def generate_codes_uncached(prior: prior_lib.Prior, key: jax.Array, batch_size: int, *,

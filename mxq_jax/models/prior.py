@@ -102,6 +102,13 @@ class CausalSelfAttention(nnx.Module):
                         layout=_HEAD_MAJOR), cache
 
 
+def grow_cache(cache: Cache, length: int) -> Cache:
+  """The cache with zero slots appended up to `length`: written slots keep their place."""
+  def grow(cached_BxHxSxK: jax.Array) -> jax.Array:
+    return jnp.pad(cached_BxHxSxK, ((0, 0), (0, 0), (0, length - cached_BxHxSxK.shape[2]), (0, 0)))
+  return jax.tree.map(grow, cache)
+
+
 class Block(nnx.Module):
   """Pre-LN: x = x + Drop(Attn(LN(x))); x = x + Drop(W2 GELU(W1 LN(x)))."""
 
@@ -175,9 +182,12 @@ class Prior(nnx.Module):
                              scan=self.scan_layers, rngs=rngs if draws else None)
     return self._logits(x_BxTxD)
 
-  def init_cache(self, batch: int, dtype: jnp.dtype | None = None) -> Cache:
-    """Zeros for every layer's k and v, [batch, heads, seq_len + 1, head_dim]."""
-    shape = (batch, self.num_heads, self.seq_len + 1, self.head_dim)
+  def init_cache(self, batch: int, dtype: jnp.dtype | None = None, *,
+                 length: int | None = None) -> Cache:
+    """Zeros for every layer's k and v, [batch, heads, length, head_dim]; `length` slots
+    (default seq_len + 1, every position) serve positions < length."""
+    length = self.seq_len + 1 if length is None else length
+    shape = (batch, self.num_heads, length, self.head_dim)
     dtype = self.dtype if dtype is None else dtype
     return tuple(LayerCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
                  for _ in self.blocks)

@@ -7,7 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
-from mxq_jax.models.prior import LayerCache, Prior
+from mxq_jax.models.prior import LayerCache, Prior, grow_cache
 
 NUM_CODES = 13
 SEQ_LEN = 9
@@ -65,6 +65,20 @@ def test_decode_step_ignores_cache_slots_after_position(model):
   clean_logits, _ = model.decode_step(tokens_BxT[:, 0], jnp.int32(0), cache)
   dirty_logits, _ = model.decode_step(tokens_BxT[:, 0], jnp.int32(0), dirty)
   np.testing.assert_allclose(clean_logits, dirty_logits, atol=1e-6)
+
+
+def test_a_short_cache_grown_slot_by_slot_gives_the_full_caches_logits(model):
+  # The sampler starts from an empty cache and grows it as positions need slots.
+  tokens_BxT = tokens(4)
+  full = model.init_cache(BATCH, jnp.float32)
+  short = model.init_cache(BATCH, jnp.float32, length=0)
+  for position in range(SEQ_LEN):
+    short = grow_cache(short, position + 1)
+    full_logits, full = model.decode_step(tokens_BxT[:, position], jnp.int32(position), full)
+    short_logits, short = model.decode_step(tokens_BxT[:, position], jnp.int32(position), short)
+    np.testing.assert_allclose(short_logits, full_logits, atol=1e-6)
+  assert short[0].k.shape == (BATCH, 2, SEQ_LEN, 8)
+  np.testing.assert_array_equal(short[-1].v, full[-1].v[:, :, :SEQ_LEN])
 
 
 def test_causality(model):
