@@ -58,6 +58,8 @@ def generate_codes(prior: prior_lib.Prior, key: jax.Array, batch_size: int, *, t
   `constrain` places the batch-major carry on the mesh (a sharding constraint) or is identity.
   `unroll` writes out every position (for XLA's cost analysis, which counts a loop body once).
   """
+  if positions_per_scan < 1:
+    raise ValueError(f"positions_per_scan must be >= 1, got {positions_per_scan}.")
   token_B = constrain(jnp.full((batch_size,), prior.bos, jnp.int32))
   cache = prior.init_cache(batch_size, length=0)
 
