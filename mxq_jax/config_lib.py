@@ -161,6 +161,11 @@ def base_config() -> ml_collections.ConfigDict:
       # which carry the pair's content in few positions, then the image grid in raster order)
       # or "image_first" (the reference: the image grid, then the text positions).
       code_order="text_first",
+      # Dims of each attention head whose queries and keys turn with the image code's row and
+      # column (2-D rotary embeddings: image-to-image attention by offset in the grid, so a
+      # shape learned at one place serves all); a multiple of 4, at most dim / num_heads.
+      # 0: learned absolute positions only (they stay either way).
+      grid_rotary_dims=0,
       # False: the frozen stage-1 model encodes both splits once, into {workdir}/codes/;
       # True: each training batch is encoded inside the input stream (no files, more compute).
       encode_on_the_fly=False,
@@ -411,6 +416,7 @@ FIELD_RULES: tuple[FieldRule, ...] = (
     ("prior.dropout", *_FRACTION),
     ("prior.dtype", *_DTYPES),
     ("prior.code_order", *_one_of("image_first", "text_first")),
+    ("prior.grid_rotary_dims", *_at_least(0)),
     ("mesh.fsdp", *_at_least(1)),
 )
 
@@ -474,6 +480,12 @@ CROSS_RULES: tuple[CrossRule, ...] = (
                   f">= {2 * text_positions(c)} (2 x the text positions); raise it or use "
                   "'random'"),
     _divisible("prior.dim", "prior.num_heads"),
+    CrossRule(
+        lambda c: c.prior.grid_rotary_dims % 4 == 0
+        and c.prior.grid_rotary_dims <= c.prior.dim // c.prior.num_heads,
+        lambda c: f"config.prior.grid_rotary_dims={c.prior.grid_rotary_dims} must be a multiple "
+                  f"of 4 and at most the head dim, prior.dim / prior.num_heads = "
+                  f"{c.prior.dim // c.prior.num_heads}"),
 )
 
 

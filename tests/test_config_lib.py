@@ -11,7 +11,7 @@ from conftest import REPO, load_config
 common = config_lib.load_beside(REPO / "configs" / "common.py", "common")
 
 VARIANTS = [("synthetic", None), ("synthetic", "paper"), ("synthetic", "smoke"),
-            ("synthetic", "small_prior"), ("synthetic", "fast"),
+            ("synthetic", "grid_rotary"), ("synthetic", "small_prior"), ("synthetic", "fast"),
             ("mnist", None), ("mnist", "smoke"), ("cub", None), ("cub", "smoke"),
             ("flowers", None), ("flowers", "smoke"), ("coco", None), ("coco", "smoke")]
 
@@ -42,6 +42,7 @@ KEY_SIZES = {
     ("synthetic", None): ("caption_digits", 32, 24, 8, 16, 512, 64, 96, 32, 5_000, 128, 64),
     ("synthetic", "paper"): ("caption_digits", 64, 64, 8, 8, 256, 128, 96, 384, 5_000, 512, 384),
     ("synthetic", "smoke"): ("caption_digits", 16, 24, 2, 8, 32, 16, 96, 16, 6, 32, 16),
+    ("synthetic", "grid_rotary"): ("caption_digits", 32, 24, 8, 16, 512, 64, 96, 32, 5_000, 128, 64),
     ("synthetic", "small_prior"): ("caption_digits", 32, 24, 8, 16, 512, 64, 96, 32, 5_000, 96, 64),
     ("synthetic", "fast"): ("caption_digits", 32, 24, 8, 16, 512, 64, 96, 32, 5_000, 64, 64),
     ("mnist", None): ("caption_mnist", 64, 64, 8, 8, 256, 128, 96, 384, 20_000, 512, 384),
@@ -166,6 +167,7 @@ BAD_FIELDS = {
     "prior.dropout": 1.0,
     "prior.dtype": "float64",
     "prior.code_order": "random",
+    "prior.grid_rotary_dims": -4,
     "mesh.fsdp": 0,
 }
 BAD_OPTIM = {"num_steps": 0, "batch_size": 0, "learning_rate": 0.0}
@@ -229,6 +231,8 @@ BAD_CROSS = [
      "config.vqvae.cross_mixer_init='routing' needs config.vqvae.text_mix_hidden >= 16 (2 x the "
      "text positions); raise it or use 'random'"),
     ({"prior.num_heads": 3}, "config.prior.dim=32 must be divisible by config.prior.num_heads=3"),
+    ({"prior.grid_rotary_dims": 20}, "config.prior.grid_rotary_dims=20 must be a multiple of 4 "
+     "and at most the head dim, prior.dim / prior.num_heads = 16"),
 ]
 
 

@@ -10,12 +10,20 @@ The cache is head-major, [B, H, S, head_dim], so that both attention matmuls of 
 position read it batched over (B, H) as it lies. Token-major (the projections' own [B, S, H,
 head_dim], which training keeps) made XLA transpose the whole cache at every position: the
 sampler ran about 1.6x slower at the reference sizes on a CPU.
+
+Optionally (`grid_rotary_dims`) the first dims of every head's queries and keys are rotated by
+the image-grid row and column of the code they stand for (2-D RoPE): image-to-image attention
+then depends on the codes' offset in the grid, not on where the digit happens to lie, so what
+the prior learns of a shape at one place serves every other. The learned absolute positions
+stay: they say where things are. A query stands for the code it predicts, a key for the code
+it holds (its input token); text codes and BOS are not rotated.
 """
 
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from flax import struct
 
@@ -52,6 +60,46 @@ def _attention_probs(q_BxTxHxK: jax.Array, keys: jax.Array, mask_TxS: jax.Array,
   return jax.nn.softmax(logits_BxHxTxS, axis=-1)
 
 
+@struct.dataclass
+class Rotation:
+  """cos and sin of the rotary angles of some positions, [T, R/2] each, for queries and keys."""
+  q_cos: jax.Array
+  q_sin: jax.Array
+  k_cos: jax.Array
+  k_sin: jax.Array
+
+  def at(self, position: jax.Array) -> 'Rotation':
+    """One (traced) position's row of each table: [1, R/2]."""
+    return jax.tree.map(lambda t: jax.lax.dynamic_slice_in_dim(t, position, 1, axis=0), self)
+
+
+def grid_rotation(grid_rows_N, grid_cols_N, rotary_dims: int) -> Rotation:
+  """The rotary tables of positions 0..N (BOS + N codes) from each code's grid row and column
+  (-1: a text code, not rotated). Half of the R/2 angle pairs turn with the row, half with the
+  column, at frequencies pi/2, pi/4, ...: distinct for every offset within a 2^(R/4) grid."""
+  rows_N, cols_N = np.asarray(grid_rows_N), np.asarray(grid_cols_N)
+  frequencies_F = np.pi * 0.5 ** np.arange(1, rotary_dims // 4 + 1)
+  on_grid_N = (rows_N >= 0)[:, None]
+  angles_NxR2 = np.where(on_grid_N, np.concatenate(
+      [rows_N[:, None] * frequencies_F, cols_N[:, None] * frequencies_F], axis=1), 0.0)
+  none_1xR2 = np.zeros((1, rotary_dims // 2))
+  # Input position p predicts code p and holds code p - 1 (p = 0: BOS); position N predicts none.
+  q_angles = np.concatenate([angles_NxR2, none_1xR2])
+  k_angles = np.concatenate([none_1xR2, angles_NxR2])
+  table = lambda a: jnp.asarray(a, jnp.float32)
+  return Rotation(q_cos=table(np.cos(q_angles)), q_sin=table(np.sin(q_angles)),
+                  k_cos=table(np.cos(k_angles)), k_sin=table(np.sin(k_angles)))
+
+
+def _rotate(x_BxTxHxK: jax.Array, cos_TxR2: jax.Array, sin_TxR2: jax.Array) -> jax.Array:
+  """Rotates the pairs (x[i], x[i + R/2]) of the first R dims by the angles; the rest as is."""
+  half = cos_TxR2.shape[-1]
+  x1, x2, rest = (x_BxTxHxK[..., :half], x_BxTxHxK[..., half:2 * half],
+                  x_BxTxHxK[..., 2 * half:])
+  cos, sin = (t[None, :, None, :].astype(x_BxTxHxK.dtype) for t in (cos_TxR2, sin_TxR2))
+  return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], axis=-1)
+
+
 class CausalSelfAttention(nnx.Module):
   """Multi-head self-attention with separate q, k, v projections (GPT-2's c_attn, split)."""
 
@@ -71,8 +119,12 @@ class CausalSelfAttention(nnx.Module):
   def _heads(self, x_BxTxD: jax.Array) -> jax.Array:
     return x_BxTxD.reshape(*x_BxTxD.shape[:2], self.num_heads, self.head_dim)
 
-  def qkv(self, x_BxTxD: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    return self._heads(self.q(x_BxTxD)), self._heads(self.k(x_BxTxD)), self._heads(self.v(x_BxTxD))
+  def qkv(self, x_BxTxD: jax.Array,
+          rotation: Rotation | None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    q, k = self._heads(self.q(x_BxTxD)), self._heads(self.k(x_BxTxD))
+    if rotation is not None:
+      q, k = _rotate(q, rotation.q_cos, rotation.q_sin), _rotate(k, rotation.k_cos, rotation.k_sin)
+    return q, k, self._heads(self.v(x_BxTxD))
 
   def combine(self, probs_BxHxTxS: jax.Array, values: jax.Array, *, train: bool,
               rngs: nnx.Rngs | None, layout: str = _TOKEN_MAJOR) -> jax.Array:
@@ -80,16 +132,18 @@ class CausalSelfAttention(nnx.Module):
     out_BxTxHxK = jnp.einsum(f'bhts,{layout}->bthk', probs_BxHxTxS.astype(values.dtype), values)
     return self.out(out_BxTxHxK.reshape(*out_BxTxHxK.shape[:2], -1))
 
-  def __call__(self, x_BxTxD: jax.Array, *, train: bool, rngs: nnx.Rngs | None) -> jax.Array:
-    q, k, v = self.qkv(x_BxTxD)
+  def __call__(self, x_BxTxD: jax.Array, *, train: bool, rngs: nnx.Rngs | None,
+               rotation: Rotation | None = None) -> jax.Array:
+    q, k, v = self.qkv(x_BxTxD, rotation)
     t = x_BxTxD.shape[1]
     mask_TxT = jnp.tril(jnp.ones((t, t), bool))
     return self.combine(_attention_probs(q, k, mask_TxT), v, train=train, rngs=rngs)
 
-  def decode(self, x_Bx1xD: jax.Array, position: jax.Array,
-             cache: LayerCache) -> tuple[jax.Array, LayerCache]:
-    """One position: write its k, v at `position`, attend to positions <= `position`."""
-    q_Bx1xHxK, k_Bx1xHxK, v_Bx1xHxK = self.qkv(x_Bx1xD)
+  def decode(self, x_Bx1xD: jax.Array, position: jax.Array, cache: LayerCache,
+             rotation: Rotation | None = None) -> tuple[jax.Array, LayerCache]:
+    """One position: write its k, v at `position`, attend to positions <= `position`.
+    `rotation`: that position's row of the tables, if any."""
+    q_Bx1xHxK, k_Bx1xHxK, v_Bx1xHxK = self.qkv(x_Bx1xD, rotation)
     write = lambda cached_BxHxSxK, new_Bx1xHxK: jax.lax.dynamic_update_slice(
         cached_BxHxSxK, new_Bx1xHxK.transpose(0, 2, 1, 3).astype(cached_BxHxSxK.dtype),
         (0, 0, position, 0))
@@ -126,23 +180,30 @@ class Block(nnx.Module):
     h = self.mlp_out(jax.nn.gelu(self.mlp_in(self.ln_mlp(x_BxTxD)), approximate=True))  # gelu_new.
     return x_BxTxD + self.dropout(h, deterministic=not train, rngs=rngs)
 
-  def __call__(self, x_BxTxD: jax.Array, *, train: bool, rngs: nnx.Rngs | None) -> jax.Array:
-    h = self.attn(self.ln_attn(x_BxTxD), train=train, rngs=rngs)
+  def __call__(self, x_BxTxD: jax.Array, *, train: bool, rngs: nnx.Rngs | None,
+               rotation: Rotation | None = None) -> jax.Array:
+    h = self.attn(self.ln_attn(x_BxTxD), train=train, rngs=rngs, rotation=rotation)
     x_BxTxD = x_BxTxD + self.dropout(h, deterministic=not train, rngs=rngs)
     return self.mlp(x_BxTxD, train=train, rngs=rngs)
 
-  def decode(self, x_Bx1xD: jax.Array, position: jax.Array,
-             cache: LayerCache) -> tuple[jax.Array, LayerCache]:
-    h, cache = self.attn.decode(self.ln_attn(x_Bx1xD), position, cache)
+  def decode(self, x_Bx1xD: jax.Array, position: jax.Array, cache: LayerCache,
+             rotation: Rotation | None = None) -> tuple[jax.Array, LayerCache]:
+    h, cache = self.attn.decode(self.ln_attn(x_Bx1xD), position, cache, rotation)
     return self.mlp(x_Bx1xD + h, train=False, rngs=None), cache
 
 
 class Prior(nnx.Module):
-  """[B, T] tokens (BOS, then codes; T <= seq_len + 1) -> [B, T, num_codes] next-code logits."""
+  """[B, T] tokens (BOS, then codes; T <= seq_len + 1) -> [B, T, num_codes] next-code logits.
+
+  `grid_rows`, `grid_cols`: each code's place in the image grid, in the prior's order (-1 for
+  a text code), as tuples; with `grid_rotary_dims` > 0 that many dims of each head turn with it.
+  """
 
   def __init__(self, *, num_codes: int, seq_len: int, num_layers: int, num_heads: int, dim: int,
                mlp_dim: int, dropout: float, dtype: jnp.dtype = jnp.float32,
-               scan_layers: bool = False, rngs: nnx.Rngs):
+               scan_layers: bool = False, grid_rotary_dims: int = 0,
+               grid_rows: tuple[int, ...] = (), grid_cols: tuple[int, ...] = (),
+               rngs: nnx.Rngs):
     self.num_codes = num_codes
     self.scan_layers = scan_layers  # training's forward; decoding is per layer (its cache).
     self.dropout = dropout
@@ -151,6 +212,13 @@ class Prior(nnx.Module):
     self.num_heads = num_heads
     self.head_dim = dim // num_heads
     self.dtype = dtype
+    if grid_rotary_dims and (grid_rotary_dims % 4 or grid_rotary_dims > self.head_dim
+                             or len(grid_rows) != seq_len or len(grid_cols) != seq_len):
+      raise ValueError(f'grid_rotary_dims {grid_rotary_dims} must be a multiple of 4 and at most '
+                       f'the head dim {self.head_dim}, with a grid place for each of {seq_len} '
+                       'codes.')
+    self.grid_rotary_dims = grid_rotary_dims
+    self.grid_rows, self.grid_cols = tuple(grid_rows), tuple(grid_cols)  # static: hashable.
     self.token_embed = layers.Embed(num_codes + 1, dim, dtype=dtype, embedding_init=_INIT,
                                    rngs=rngs)
     self.pos_PxD = nnx.Param(_INIT(rngs.params(), (seq_len + 1, dim)))  # BOS + N codes.
@@ -166,6 +234,12 @@ class Prior(nnx.Module):
                            rngs=rngs)
     self.embed_dropout = nnx.Dropout(dropout)
 
+  def _rotation(self) -> Rotation | None:
+    """Every position's rotary tables (constants of the compiled program), or None."""
+    if not self.grid_rotary_dims:
+      return None
+    return grid_rotation(self.grid_rows, self.grid_cols, self.grid_rotary_dims)
+
   def _logits(self, x_BxTxD: jax.Array) -> jax.Array:
     return self.head(self.ln_final(x_BxTxD)).astype(jnp.float32)
 
@@ -177,8 +251,12 @@ class Prior(nnx.Module):
     x_BxTxD = self.token_embed(tokens_BxT) + self.pos_PxD[:t].astype(self.dtype)
     x_BxTxD = self.embed_dropout(x_BxTxD, deterministic=not train, rngs=rngs)
     draws = train and self.dropout > 0  # else no block uses a key.
+    rotation = self._rotation()
+    if rotation is not None:
+      rotation = jax.tree.map(lambda table: table[:t], rotation)
     x_BxTxD = repeated.apply(self.blocks, x_BxTxD,
-                             lambda block, x, keys: block(x, train=train, rngs=keys),
+                             lambda block, x, keys: block(x, train=train, rngs=keys,
+                                                          rotation=rotation),
                              scan=self.scan_layers, rngs=rngs if draws else None)
     return self._logits(x_BxTxD)
 
@@ -202,8 +280,10 @@ class Prior(nnx.Module):
     position = jnp.asarray(position, jnp.int32)
     pos_1xD = jax.lax.dynamic_slice_in_dim(self.pos_PxD[...], position, 1, axis=0)
     x_Bx1xD = self.token_embed(token_B[:, None]) + pos_1xD.astype(self.dtype)
+    rotation = self._rotation()
+    rotation = None if rotation is None else rotation.at(position)
     new_cache = []
     for block, layer_cache in zip(self.blocks, cache, strict=True):
-      x_Bx1xD, layer_cache = block.decode(x_Bx1xD, position, layer_cache)
+      x_Bx1xD, layer_cache = block.decode(x_Bx1xD, position, layer_cache, rotation)
       new_cache.append(layer_cache)
     return self._logits(x_Bx1xD)[:, 0], tuple(new_cache)

@@ -33,13 +33,24 @@ def model_signature(config: ml_collections.ConfigDict, stage1_step: int) -> dict
               stage1=stage1.model_signature(config))
 
 
+def grid_places(config: ml_collections.ConfigDict) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """(rows, cols): each code's place in the image grid, in the prior's order; -1 for text."""
+  side = config_lib.image_grid_size(config)
+  rows = [i // side for i in range(side * side)] + [-1] * config_lib.text_positions(config)
+  cols = [i % side for i in range(side * side)] + [-1] * config_lib.text_positions(config)
+  order_N = config_lib.prior_code_order(config)
+  return tuple(rows[i] for i in order_N), tuple(cols[i] for i in order_N)
+
+
 def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> prior_lib.Prior:
   p = config.prior
+  rows, cols = grid_places(config)
   return prior_lib.Prior(
       num_codes=config_lib.code_vocabulary_size(config),
       seq_len=config_lib.num_joint_codes(config),
       num_layers=p.num_layers, num_heads=p.num_heads, dim=p.dim, mlp_dim=p.mlp_dim,
-      dropout=p.dropout, dtype=jnp.dtype(p.dtype), scan_layers=p.scan_layers, rngs=rngs)
+      dropout=p.dropout, dtype=jnp.dtype(p.dtype), scan_layers=p.scan_layers,
+      grid_rotary_dims=p.grid_rotary_dims, grid_rows=rows, grid_cols=cols, rngs=rngs)
 
 
 def teacher_forcing_inputs(prior: prior_lib.Prior, codes_BxN: jax.Array) -> jax.Array:

@@ -16,9 +16,7 @@ from conftest import load_config
 BATCH = 16
 
 
-@pytest.fixture(scope="module")
-def setup():
-  config = load_config("synthetic", "smoke")
+def make_setup(config):
   mesh = sharding.make_mesh(config.mesh)  # all 8 fake devices on the batch axis.
   states = []
   for task in (stage2.make_task(config, stage1_step=0), stage1.make_task(config)):
@@ -28,6 +26,11 @@ def setup():
   params = states[0][0]
   params["head"]["kernel"][...] = params["head"]["kernel"][...] * 50.0
   return config, mesh, states[0], states[1]
+
+
+@pytest.fixture(scope="module")
+def setup():
+  return make_setup(load_config("synthetic", "smoke"))
 
 
 def sample(setup, seed, *, cached=True, top_k=10, top_p=1.0, temperature=1.0, mesh=None):
@@ -55,6 +58,16 @@ def test_cached_and_uncached_decoding_draw_the_same_codes(setup):
   _, uncached = sample(setup, 3, cached=False, top_k=1000)
   same = np.mean(np.asarray(cached["codes"]) == np.asarray(uncached["codes"]))
   assert same > 0.99, same  # a near-tie flipped by rounding may change a code, and its suffix.
+
+
+def test_a_grid_rotary_prior_samples_the_same_codes_cached_and_uncached():
+  # The rotary tables follow each code's grid place through the prior's order and the cache.
+  config = load_config("synthetic", "smoke")
+  config.prior.grid_rotary_dims = 16
+  rotary = make_setup(config)
+  _, cached = sample(rotary, 3, cached=True, top_k=1000)
+  _, uncached = sample(rotary, 3, cached=False, top_k=1000)
+  assert np.mean(np.asarray(cached["codes"]) == np.asarray(uncached["codes"])) > 0.99
 
 
 def test_same_seed_same_samples_other_seed_other_samples(setup):

@@ -7,16 +7,20 @@ import optax
 import pytest
 from flax import nnx
 
-from mxq_jax.models.prior import LayerCache, Prior, grow_cache
+from mxq_jax.models.prior import LayerCache, Prior, grid_rotation, grow_cache
 
 NUM_CODES = 13
 SEQ_LEN = 9
 BATCH = 3
+# Text first: 3 text codes (not on the grid), then a 2x3 image grid in raster order.
+GRID_ROWS = (-1, -1, -1, 0, 0, 0, 1, 1, 1)
+GRID_COLS = (-1, -1, -1, 0, 1, 2, 0, 1, 2)
 
 
-def make(dropout: float = 0.0, seed: int = 0) -> Prior:
+def make(dropout: float = 0.0, seed: int = 0, grid_rotary_dims: int = 0) -> Prior:
   return Prior(num_codes=NUM_CODES, seq_len=SEQ_LEN, num_layers=2, num_heads=2, dim=16,
-               mlp_dim=32, dropout=dropout, rngs=nnx.Rngs(params=seed))
+               mlp_dim=32, dropout=dropout, grid_rotary_dims=grid_rotary_dims,
+               grid_rows=GRID_ROWS, grid_cols=GRID_COLS, rngs=nnx.Rngs(params=seed))
 
 
 def tokens(seed: int = 0, batch: int = BATCH) -> jax.Array:
@@ -25,10 +29,57 @@ def tokens(seed: int = 0, batch: int = BATCH) -> jax.Array:
   return jnp.concatenate([jnp.full((batch, 1), NUM_CODES, codes.dtype), codes], axis=1)
 
 
-@pytest.fixture(scope='module')
-def model() -> Prior:
+@pytest.fixture(scope='module', params=[0, 8], ids=['absolute', 'grid_rotary'])
+def model(request) -> Prior:
   # Dropout > 0 on purpose: train=False and decode_step must both ignore it.
-  return make(dropout=0.1)
+  return make(dropout=0.1, grid_rotary_dims=request.param)
+
+
+def _rotated_dot(rotation, q_K, k_K, query_position, key_position) -> float:
+  """q . k after the rotary tables turned q at one input position and k at another."""
+  half = rotation.q_cos.shape[-1]
+  def turn(x, cos, sin):
+    x1, x2 = x[:half], x[half:2 * half]
+    return np.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos, x[2 * half:]])
+  q = turn(q_K, rotation.q_cos[query_position], rotation.q_sin[query_position])
+  k = turn(k_K, rotation.k_cos[key_position], rotation.k_sin[key_position])
+  return float(q @ k)
+
+
+def test_grid_rotation_makes_image_attention_depend_on_the_offset_only():
+  rows, cols = (-1, 0, 0, 0, 1, 1, 1, 2, 2, 2), (-1, 0, 1, 2, 0, 1, 2, 0, 1, 2)  # text, 3x3.
+  rotation = grid_rotation(rows, cols, rotary_dims=8)
+  q_K, k_K = np.random.default_rng(0).normal(size=(2, 12))
+  # Input position p predicts code p and holds code p - 1 (position 0: BOS).
+  q_at = lambda row, col: [p for p in range(len(rows)) if (rows[p], cols[p]) == (row, col)][0]
+  k_at = lambda row, col: q_at(row, col) + 1
+  # A query for (1, 1) and a key holding (0, 1), one row above: the same score as the pair
+  # (2, 2) / (1, 2), and as (1, 0) / (0, 0)...
+  above = [_rotated_dot(rotation, q_K, k_K, q_at(r, c), k_at(r - 1, c))
+           for r, c in [(1, 1), (2, 2), (1, 0), (2, 0)]]
+  np.testing.assert_allclose(above, above[0], rtol=1e-5)
+  # ...and other offsets give other scores (it is not blind to the place).
+  assert abs(_rotated_dot(rotation, q_K, k_K, q_at(1, 1), k_at(0, 0)) - above[0]) > 1e-3
+  # BOS's key and the text code's query are not turned at all.
+  assert _rotated_dot(rotation, q_K, k_K, 0, 0) == pytest.approx(float(q_K @ k_K), rel=1e-5)
+  # One row per input position (BOS + every code), rotary_dims / 2 angles in each.
+  assert rotation.q_cos.shape == rotation.k_sin.shape == (len(rows) + 1, 4)
+
+
+def test_grid_rotation_changes_the_model_but_not_its_parameters():
+  plain, rotary = make(), make(grid_rotary_dims=8)
+  shapes = lambda m: jax.tree.map(jnp.shape, nnx.state(m, nnx.Param))
+  assert shapes(plain) == shapes(rotary)  # checkpoints of either load into the other's shapes.
+  tokens_BxT = tokens(5)
+  assert np.abs(np.asarray(plain(tokens_BxT, train=False) - rotary(tokens_BxT, train=False))
+                ).max() > 1e-5
+
+
+def test_grid_rotary_dims_must_fit_the_head():
+  with pytest.raises(ValueError, match='multiple of 4'):
+    make(grid_rotary_dims=6)
+  with pytest.raises(ValueError, match='head dim 8'):
+    make(grid_rotary_dims=12)
 
 
 def test_cached_decoding_equals_full_forward(model):
