@@ -36,10 +36,10 @@ def model_signature(config: ml_collections.ConfigDict, stage1_step: int) -> dict
 def grid_places(config: ml_collections.ConfigDict) -> tuple[tuple[int, ...], tuple[int, ...]]:
   """(rows, cols): each code's place in the image grid, in the prior's order; -1 for text."""
   side = config_lib.image_grid_size(config)
-  rows = [i // side for i in range(side * side)] + [-1] * config_lib.text_positions(config)
-  cols = [i % side for i in range(side * side)] + [-1] * config_lib.text_positions(config)
-  order_N = config_lib.prior_code_order(config)
-  return tuple(rows[i] for i in order_N), tuple(cols[i] for i in order_N)
+  stage1_places = ([divmod(i, side) for i in range(side * side)]  # stage-1 order: image, text.
+                   + [(-1, -1)] * config_lib.text_positions(config))
+  rows, cols = zip(*(stage1_places[i] for i in config_lib.prior_code_order(config)))
+  return tuple(map(int, rows)), tuple(map(int, cols))
 
 
 def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> prior_lib.Prior:

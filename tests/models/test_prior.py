@@ -7,7 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
-from mxq_jax.models.prior import LayerCache, Prior, grid_rotation, grow_cache
+from mxq_jax.models.prior import LayerCache, Prior, _rotate, grid_rotation, grow_cache
 
 NUM_CODES = 13
 SEQ_LEN = 9
@@ -36,13 +36,11 @@ def model(request) -> Prior:
 
 
 def _rotated_dot(rotation, q_K, k_K, query_position, key_position) -> float:
-  """q . k after the rotary tables turned q at one input position and k at another."""
-  half = rotation.q_cos.shape[-1]
-  def turn(x, cos, sin):
-    x1, x2 = x[:half], x[half:2 * half]
-    return np.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos, x[2 * half:]])
-  q = turn(q_K, rotation.q_cos[query_position], rotation.q_sin[query_position])
-  k = turn(k_K, rotation.k_cos[key_position], rotation.k_sin[key_position])
+  """q . k after the model's rotation turned q at one input position and k at another."""
+  turn = lambda x_K, cos, sin, p: _rotate(jnp.asarray(x_K)[None, None, None], cos[p:p + 1],
+                                          sin[p:p + 1])[0, 0, 0]
+  q = turn(q_K, rotation.q_cos, rotation.q_sin, query_position)
+  k = turn(k_K, rotation.k_cos, rotation.k_sin, key_position)
   return float(q @ k)
 
 
