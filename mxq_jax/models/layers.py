@@ -7,7 +7,9 @@ test suite.
 
 Fast forms: subclasses of `nnx.Conv` / `nnx.ConvTranspose` with the same parameters that
 compute the same layer as stride-1 convolutions or matmuls, whose forward and backward XLA
-compiles well (`python -m mxq_jax.bench --parts=modules` measures each module).
+compiles well (`python -m mxq_jax.bench --parts=modules` measures each module). Where nothing
+differentiates them (sampling, encoding, evaluation) some run in a form with a faster forward
+and no backward to serve (`_inference_form`); training runs the same ops as without it.
 
 Mixed precision (docs/precision.md): in a bfloat16 compute dtype the strided convs run as
 matmuls too (`strided_conv_as_matmul`), `Embed` gathers from the fp32 table, and
@@ -18,7 +20,7 @@ exactly what flax's layers do.
 import functools
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +41,28 @@ def as_matrix(init):
 kernel_init = as_matrix(nnx.initializers.lecun_normal())
 
 
+def _inference_form(inference: Callable, *, differentiable: Callable, num_static: int) -> Callable:
+  """(x, kernel, *static) -> y: `differentiable`, forward and backward, wherever it is
+  differentiated (training: the same ops as `differentiable` alone, so the same bits), and
+  `inference`, the same function in another form, where it is not (sampling, encoding,
+  evaluation). The two agree up to float32 summation order, not bitwise. `static`: hashable.
+
+  The forms that train fastest on XLA:CPU (matmuls whose backward reuses the forward's
+  operands) are not the ones that infer fastest (no copies for a backward that never comes).
+  """
+  layer = jax.custom_vjp(inference, nondiff_argnums=tuple(range(2, 2 + num_static)))
+
+  def forward(x, kernel, *static):
+    return jax.vjp(lambda x, kernel: differentiable(x, kernel, *static), x, kernel)
+
+  def backward(*static_vjp_and_grad):
+    *_, differentiable_vjp, grad = static_vjp_and_grad
+    return differentiable_vjp(grad)
+
+  layer.defvjp(forward, backward)
+  return layer
+
+
 # ------------------------------------------------------------- transposed convolutions
 # `nnx.ConvTranspose` lowers to a convolution over an input dilated by the stride (and, for
 # stride 1, padded by k - 1): XLA:CPU has no fast kernel for those forms, and their kernel
@@ -54,43 +78,78 @@ def _promoted(layer, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array | No
   return layer.promote_dtype((x, layer.kernel[...], bias), dtype=layer.dtype)
 
 
+# (kernel taps, input padding) of each output phase of a 4x4, stride-2 transposed convolution
+# along one spatial axis: output row 2i + a reads input rows {i - 1, i} through kernel rows
+# {0, 2} (a = 0) or rows {i, i + 1} through kernel rows {1, 3} (a = 1); columns alike.
+_UP_PHASES = (((0, 2), (1, 0)), ((1, 3), (0, 1)))
+
+
+def _interleave_phases(phases) -> jax.Array:
+  """[[y_ab [B, H, W, O] for b in (0, 1)] for a in (0, 1)] -> [B, 2H, 2W, O] (depth-to-space)."""
+  y_BxHx2xWx2xO = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)
+  batch, height, _, width, _, out = y_BxHx2xWx2xO.shape
+  return y_BxHx2xWx2xO.reshape(batch, 2 * height, 2 * width, out)
+
+
+def _up_conv_2x_by_phases(x_BxHxWxC: jax.Array, kernel_4x4xCxO: jax.Array,
+                          precision=None) -> jax.Array:
+  """Each output phase (a, b) a VALID 2x2 convolution of the input padded on the side it reads
+  past: 4 convolutions, no zero taps, and a backward of convolutions XLA:CPU runs well."""
+  # Taps (0, 2) or (1, 3): strided slices, whose gradient is a pad, not a scatter-add.
+  return _interleave_phases([[jax.lax.conv_general_dilated(
+      x_BxHxWxC, kernel_4x4xCxO[row_taps[0]::2, col_taps[0]::2], (1, 1), (row_pad, col_pad),
+      dimension_numbers=_NHWC, precision=precision)
+      for col_taps, col_pad in _UP_PHASES] for row_taps, row_pad in _UP_PHASES])
+
+
+def _up_conv_2x_by_taps(x_BxHxWxC: jax.Array, kernel_4x4xCxO: jax.Array,
+                        precision=None) -> jax.Array:
+  """One matmul of every input pixel by all 16 taps, then each phase the sum of its 4 taps'
+  shifted products: for few output channels (RGB) XLA:CPU's 2x2 convolutions run at a few
+  percent of the matmul rate, and this form about 4x faster."""
+  batch, height, width, channels = x_BxHxWxC.shape
+  out = kernel_4x4xCxO.shape[-1]
+  y = jnp.dot(x_BxHxWxC.reshape(-1, channels),
+              kernel_4x4xCxO.transpose(2, 0, 1, 3).reshape(channels, 16 * out), precision=precision)
+  y_BxH2xW2x4x4xO = jnp.pad(y.reshape(batch, height, width, 4, 4, out),
+                            ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0), (0, 0)))
+  def phase(row_taps, row_pad, col_taps, col_pad):
+    # Tap r of this phase reads input row i + r - pad_before: padded row i + r + 1 - pad_before.
+    return sum(y_BxH2xW2x4x4xO[:, r + 1 - row_pad[0]:r + 1 - row_pad[0] + height,
+                               c + 1 - col_pad[0]:c + 1 - col_pad[0] + width, tap_r, tap_c]
+               for r, tap_r in enumerate(row_taps) for c, tap_c in enumerate(col_taps))
+  return _interleave_phases([[phase(*row, *col) for col in _UP_PHASES] for row in _UP_PHASES])
+
+
+def _up_conv_2x_inference(x_BxHxWxC: jax.Array, kernel_4x4xCxO: jax.Array,
+                          precision=None) -> jax.Array:
+  few_outputs = kernel_4x4xCxO.shape[-1] <= 4  # the image decoder's last layer (RGB).
+  form = _up_conv_2x_by_taps if few_outputs else _up_conv_2x_by_phases
+  return form(x_BxHxWxC, kernel_4x4xCxO, precision)
+
+
+up_conv_2x = _inference_form(_up_conv_2x_inference, differentiable=_up_conv_2x_by_phases,
+                             num_static=1)
+
+
 class UpConv2x(nnx.ConvTranspose):
   """`nnx.ConvTranspose` of a 4x4 kernel, stride 2, padding (2, 2) (PyTorch's
-  ConvTranspose2d(k=4, s=2, p=1)), as four 2x2 stride-1 convolutions and depth-to-space.
-
-  Output row 2i + a reads input rows {i - 1, i} through kernel rows {0, 2} (a = 0) or rows
-  {i, i + 1} through kernel rows {1, 3} (a = 1); columns alike. Each (a, b) phase is a VALID
-  2x2 convolution of the input padded on the side it reads past.
-  """
-
-  # (kernel taps, input padding) of each output phase along one spatial axis.
-  _PHASES = (((0, 2), (1, 0)), ((1, 3), (0, 1)))
+  ConvTranspose2d(k=4, s=2, p=1)), as four 2x2 stride-1 convolutions and depth-to-space
+  (`up_conv_2x`: at inference, for RGB outputs, one matmul and shifted sums instead)."""
 
   def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
     if tuple(self.kernel_size) != (4, 4) or self.strides not in (2, (2, 2)) or (
         self.padding != ((2, 2), (2, 2))):
       raise ValueError("UpConv2x is a 4x4, stride-2, padding-(2, 2) transposed convolution")
     x_BxHxWxC, kernel_4x4xCxO, bias = _promoted(self, x_BxHxWxC)
-    batch, height, width, _ = x_BxHxWxC.shape
-    rows = []
-    for row_taps, row_pad in self._PHASES:
-      phases = []
-      for col_taps, col_pad in self._PHASES:
-        # Taps (0, 2) or (1, 3): strided slices, whose gradient is a pad, not a scatter-add.
-        k_2x2xCxO = kernel_4x4xCxO[row_taps[0]::2, col_taps[0]::2]
-        phases.append(jax.lax.conv_general_dilated(
-            x_BxHxWxC, k_2x2xCxO, (1, 1), (row_pad, col_pad), dimension_numbers=_NHWC,
-            precision=self.precision))
-      rows.append(jnp.stack(phases, axis=3))  # [B, H, W, 2 (b), O]
-    y_BxHx2xWx2xO = jnp.stack(rows, axis=2)
-    y_Bx2Hx2WxO = y_BxHx2xWx2xO.reshape(batch, 2 * height, 2 * width, -1)
+    y_Bx2Hx2WxO = up_conv_2x(x_BxHxWxC, kernel_4x4xCxO, self.precision)
     return y_Bx2Hx2WxO if bias is None else y_Bx2Hx2WxO + bias
 
 
 class FullConv1d(nnx.ConvTranspose):
   """`nnx.ConvTranspose` of kernel k, stride 1, padding "VALID" (lengthens by k - 1), as the
   ordinary convolution it is: the input zero-padded by k - 1 on each side, then a VALID conv
-  with the same (unflipped) kernel, computed as a matmul (`conv_as_matmul`).
+  with the same (unflipped) kernel, trained as a matmul (`conv_as_matmul`; `stride1_conv`).
 
   (Tried and slower on XLA:CPU: one matmul to every tap then an overlap-add, which skips the
   zero rows' multiplications but has a 1.5x slower backward at the reference sizes.)"""
@@ -100,7 +159,7 @@ class FullConv1d(nnx.ConvTranspose):
     if self.strides not in (1, (1,), None) or self.padding != "VALID":
       raise ValueError("FullConv1d is a stride-1, VALID transposed convolution")
     x_BxLxC, kernel_KxCxO, bias = _promoted(self, x_BxLxC)
-    y_BxL2xO = conv_as_matmul(x_BxLxC, kernel_KxCxO, [(k - 1, k - 1)], self.precision)
+    y_BxL2xO = stride1_conv(x_BxLxC, kernel_KxCxO, ((k - 1, k - 1),), self.precision)
     return y_BxL2xO if bias is None else y_BxL2xO + bias
 
 
@@ -141,6 +200,36 @@ def conv_as_matmul(x_BxSxC: jax.Array, kernel_WxCxO: jax.Array,
   return jnp.dot(windows, kernel_WxCxO.reshape(-1, out), precision=precision)
 
 
+def _dimension_numbers(num_spatial: int) -> tuple[str, str, str]:
+  spatial = "DHW"[-num_spatial:] if num_spatial <= 3 else None
+  if spatial is None:
+    raise ValueError(f"convolutions over at most 3 spatial axes, got {num_spatial}")
+  return f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"
+
+
+def _stride1_conv_inference(x_BxSxC: jax.Array, kernel_WxCxO: jax.Array,
+                            padding_pairs: tuple[tuple[int, int], ...],
+                            precision=None) -> jax.Array:
+  window = kernel_WxCxO.shape[:-2]
+  # A 1x1 window is a matmul already (im2col copies nothing). A window longer than the input
+  # (the text decoder's first layer: 8 positions, k = 15) sends XLA:CPU's convolution down a
+  # path 15-60x slower than the matmul.
+  if math.prod(window) == 1 or any(side < k for side, k in zip(x_BxSxC.shape[1:-1], window)):
+    return conv_as_matmul(x_BxSxC, kernel_WxCxO, padding_pairs, precision)
+  return jax.lax.conv_general_dilated(
+      x_BxSxC, kernel_WxCxO, (1,) * len(window), padding_pairs,
+      dimension_numbers=_dimension_numbers(len(window)), precision=precision)
+
+
+# (x [B, *S, C], kernel [*W, C, O], padding pairs (hashable), precision) -> [B, *S', O]: the
+# stride-1 convolution of `conv_as_matmul`, which it is under differentiation. Undifferentiated,
+# a window larger than 1x1 runs as XLA's own convolution, which does not materialize the
+# [B, *S', prod(window) * C] windows: at the reference sizes and batch 256 on XLA:CPU, each such
+# layer's forward 1.4-2.9x faster (`python -m mxq_jax.bench --parts=modules`).
+stride1_conv = _inference_form(_stride1_conv_inference, differentiable=conv_as_matmul,
+                               num_static=2)
+
+
 def strided_conv_as_matmul(x_BxSxC: jax.Array, kernel_WxCxO: jax.Array,
                            strides: Sequence[int], padding_pairs: Sequence[tuple[int, int]],
                            precision=None) -> jax.Array:
@@ -171,7 +260,7 @@ def strided_conv_as_matmul(x_BxSxC: jax.Array, kernel_WxCxO: jax.Array,
 
 
 class MatmulConv(nnx.Conv):
-  """`nnx.Conv`, the same parameters and layer, computed by `conv_as_matmul` when it is of
+  """`nnx.Conv`, the same parameters and layer, computed by `stride1_conv` when it is of
   stride 1, undilated, ungrouped and unmasked (any window; SAME, VALID or explicit padding),
   and by flax otherwise (the encoders' stride-2 convs, whose gradients XLA:CPU runs well).
 
@@ -190,8 +279,8 @@ class MatmulConv(nnx.Conv):
     padding_ok = not isinstance(self.padding, str) or self.padding in ("SAME", "VALID")
     if plain and padding_ok and self.strides in ones:
       x_BxSxC, kernel, bias = _promoted(self, x_BxSxC)
-      y_BxSxO = conv_as_matmul(x_BxSxC, kernel, _padding_pairs(self.padding, self.kernel_size),
-                               self.precision)
+      y_BxSxO = stride1_conv(x_BxSxC, kernel,
+                             tuple(_padding_pairs(self.padding, self.kernel_size)), self.precision)
     elif plain and self.padding != "SAME" and padding_ok and _reduced(self.dtype) and all(
         k % s == 0 for k, s in zip(self.kernel_size, strides)):
       x_BxSxC, kernel, bias = _promoted(self, x_BxSxC)

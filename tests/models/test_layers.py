@@ -78,6 +78,47 @@ def test_other_transposed_convolutions_are_refused():
         jnp.zeros((1, 5, 4)))
 
 
+# ------------------------------------------- inference forms: the same layers, faster forward
+
+def _stride1(padding_pairs):
+  """(stride1_conv, conv_as_matmul) with this padding bound."""
+  return (functools.partial(layers.stride1_conv, padding_pairs=padding_pairs, precision=None),
+          functools.partial(layers.conv_as_matmul, padding_pairs=padding_pairs))
+
+
+_UP_2X = (functools.partial(layers.up_conv_2x, precision=None), layers._up_conv_2x_by_phases)
+
+# ((layer, its differentiable form), input shape, kernel shape, the HLO op that the layer's
+# undifferentiated forward must run on: XLA's convolution, or a matmul).
+INFERENCE_FORMS = [
+    (_stride1(((14, 14),)), (2, 22, 16), (15, 16, 8), "convolution"),  # text decoder's 2nd.
+    (_stride1(((14, 14),)), (2, 8, 16), (15, 16, 8), "dot"),  # its 1st: window > input.
+    (_stride1(((1, 1), (1, 1))), (2, 8, 8, 16), (3, 3, 16, 8), "convolution"),  # res blocks.
+    (_stride1(((0, 0), (0, 0))), (2, 8, 8, 16), (1, 1, 16, 8), "dot"),
+    (_UP_2X, (2, 8, 8, 16), (4, 4, 16, 8), "convolution"),  # an up-conv's four phases.
+    (_UP_2X, (2, 8, 8, 16), (4, 4, 16, 3), "dot"),  # RGB out: one matmul by all 16 taps.
+]
+
+
+@pytest.mark.parametrize("forms, x_shape, kernel_shape, inference_op", INFERENCE_FORMS)
+def test_inference_form_runs_only_undifferentiated(forms, x_shape, kernel_shape, inference_op):
+  layer, differentiable = forms
+  x = jax.random.normal(jax.random.key(1), x_shape)
+  kernel = jax.random.normal(jax.random.key(2), kernel_shape) / 8
+  # Under differentiation (training): the differentiable form's values and gradients, bitwise.
+  train = lambda f: jax.jit(jax.value_and_grad(
+      lambda x, kernel: jnp.sum(jnp.sin(f(x, kernel))), argnums=(0, 1)))(x, kernel)
+  for want, got in zip(jax.tree.leaves(train(differentiable)), jax.tree.leaves(train(layer))):
+    np.testing.assert_array_equal(got, want)
+  # Undifferentiated: the same layer, computed on the op its form chose.
+  hlo = jax.jit(layer).lower(x, kernel).as_text(dialect="hlo")
+  ops = {op for op in ("convolution", "dot") if f" {op}(" in hlo}
+  assert ops == {inference_op}, ops
+  want = differentiable(x, kernel)
+  np.testing.assert_allclose(jax.jit(layer)(x, kernel), want, rtol=0,
+                             atol=2e-6 * float(jnp.max(jnp.abs(want))))
+
+
 # ------------------------------------------------------------------- the bf16 forms (precision)
 
 

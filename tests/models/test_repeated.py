@@ -62,9 +62,10 @@ def test_the_scanned_program_holds_one_block(name):
   build, x, forward = STACKS[name]
   program = lambda m: nnx.jit(lambda m, x: forward(m, x, train=False)).lower(m, x).as_text()
   unrolled, scanned = program(build(scan=False)), program(build(scan=True))
-  # Every matmul (the convolutions are matmuls too, models/layers.py) of a block appears
-  # LAYERS times unrolled, once scanned, in the loop's body; the rest appears in both alike.
-  per_block = (unrolled.count("dot_general") - scanned.count("dot_general")) / (LAYERS - 1)
+  # Every matmul and convolution of a block appears LAYERS times unrolled, once scanned, in
+  # the loop's body; the rest appears in both alike.
+  weighted = lambda text: text.count("dot_general") + text.count("stablehlo.convolution")
+  per_block = (weighted(unrolled) - weighted(scanned)) / (LAYERS - 1)
   assert per_block >= 2 and per_block == int(per_block)
   assert "stablehlo.while" in scanned and "stablehlo.while" not in unrolled
 
