@@ -64,8 +64,8 @@ def test_the_scanned_program_holds_one_block(name):
   unrolled, scanned = program(build(scan=False)), program(build(scan=True))
   # Every matmul and convolution of a block appears LAYERS times unrolled, once scanned, in
   # the loop's body; the rest appears in both alike.
-  weighted = lambda text: text.count("dot_general") + text.count("stablehlo.convolution")
-  per_block = (weighted(unrolled) - weighted(scanned)) / (LAYERS - 1)
+  heavy_ops = lambda text: text.count("dot_general") + text.count("stablehlo.convolution")
+  per_block = (heavy_ops(unrolled) - heavy_ops(scanned)) / (LAYERS - 1)
   assert per_block >= 2 and per_block == int(per_block)
   assert "stablehlo.while" in scanned and "stablehlo.while" not in unrolled
 
