@@ -69,7 +69,13 @@ def _inference_form(inference: Callable, *, differentiable: Callable, num_static
 # gradients are slower still. These two compute the very same layers (same parameters, same
 # shapes, numerically equal outputs and gradients) as ordinary stride-1 convolutions.
 
-_NHWC = ("NHWC", "HWIO", "NHWC")
+
+def _channels_last(num_spatial: int) -> tuple[str, str, str]:
+  """Convolution dimension numbers of channels-last inputs and [*window, in, out] kernels."""
+  if not 1 <= num_spatial <= 3:
+    raise ValueError(f"convolutions over 1 to 3 spatial axes, got {num_spatial}")
+  spatial = "DHW"[-num_spatial:]
+  return f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"
 
 
 def _promoted(layer, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array | None]:
@@ -98,7 +104,7 @@ def _up_conv_2x_by_phases(x_BxHxWxC: jax.Array, kernel_4x4xCxO: jax.Array,
   # Taps (0, 2) or (1, 3): strided slices, whose gradient is a pad, not a scatter-add.
   return _interleave_phases([[jax.lax.conv_general_dilated(
       x_BxHxWxC, kernel_4x4xCxO[row_taps[0]::2, col_taps[0]::2], (1, 1), (row_pad, col_pad),
-      dimension_numbers=_NHWC, precision=precision)
+      dimension_numbers=_channels_last(2), precision=precision)
       for col_taps, col_pad in _UP_PHASES] for row_taps, row_pad in _UP_PHASES])
 
 
@@ -166,15 +172,16 @@ class FullConv1d(nnx.ConvTranspose):
 # ---------------------------------------------------------- stride-1 convolutions as matmuls
 
 
-def _padding_pairs(padding, window: Sequence[int]) -> list[tuple[int, int]]:
-  """`nnx.Conv`'s padding ("SAME", "VALID" or (lo, hi) pairs) as (lo, hi) per spatial axis."""
+def _padding_pairs(padding, window: Sequence[int]) -> tuple[tuple[int, int], ...]:
+  """`nnx.Conv`'s padding ("SAME", "VALID" or (lo, hi) pairs) as (lo, hi) per spatial axis
+  (hashable: a static argument of `stride1_conv`)."""
   if padding == "VALID":
-    return [(0, 0)] * len(window)
+    return ((0, 0),) * len(window)
   if padding == "SAME":  # stride 1: XLA puts the odd pad element after.
-    return [((k - 1) // 2, k // 2) for k in window]
+    return tuple(((k - 1) // 2, k // 2) for k in window)
   if isinstance(padding, int):
-    return [(padding, padding)] * len(window)
-  return [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
+    return ((padding, padding),) * len(window)
+  return tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
 
 
 def conv_as_matmul(x_BxSxC: jax.Array, kernel_WxCxO: jax.Array,
@@ -200,13 +207,6 @@ def conv_as_matmul(x_BxSxC: jax.Array, kernel_WxCxO: jax.Array,
   return jnp.dot(windows, kernel_WxCxO.reshape(-1, out), precision=precision)
 
 
-def _dimension_numbers(num_spatial: int) -> tuple[str, str, str]:
-  spatial = "DHW"[-num_spatial:] if num_spatial <= 3 else None
-  if spatial is None:
-    raise ValueError(f"convolutions over at most 3 spatial axes, got {num_spatial}")
-  return f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"
-
-
 def _stride1_conv_inference(x_BxSxC: jax.Array, kernel_WxCxO: jax.Array,
                             padding_pairs: tuple[tuple[int, int], ...],
                             precision=None) -> jax.Array:
@@ -218,7 +218,7 @@ def _stride1_conv_inference(x_BxSxC: jax.Array, kernel_WxCxO: jax.Array,
     return conv_as_matmul(x_BxSxC, kernel_WxCxO, padding_pairs, precision)
   return jax.lax.conv_general_dilated(
       x_BxSxC, kernel_WxCxO, (1,) * len(window), padding_pairs,
-      dimension_numbers=_dimension_numbers(len(window)), precision=precision)
+      dimension_numbers=_channels_last(len(window)), precision=precision)
 
 
 # (x [B, *S, C], kernel [*W, C, O], padding pairs (hashable), precision) -> [B, *S', O]: the
@@ -279,8 +279,8 @@ class MatmulConv(nnx.Conv):
     padding_ok = not isinstance(self.padding, str) or self.padding in ("SAME", "VALID")
     if plain and padding_ok and self.strides in ones:
       x_BxSxC, kernel, bias = _promoted(self, x_BxSxC)
-      y_BxSxO = stride1_conv(x_BxSxC, kernel,
-                             tuple(_padding_pairs(self.padding, self.kernel_size)), self.precision)
+      y_BxSxO = stride1_conv(x_BxSxC, kernel, _padding_pairs(self.padding, self.kernel_size),
+                             self.precision)
     elif plain and self.padding != "SAME" and padding_ok and _reduced(self.dtype) and all(
         k % s == 0 for k, s in zip(self.kernel_size, strides)):
       x_BxSxC, kernel, bias = _promoted(self, x_BxSxC)
