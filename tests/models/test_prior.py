@@ -127,7 +127,12 @@ def test_a_short_cache_grown_slot_by_slot_gives_the_full_caches_logits(model):
     short_logits, short = model.decode_step(tokens_BxT[:, position], jnp.int32(position), short)
     np.testing.assert_allclose(short_logits, full_logits, atol=1e-6)
   assert short[0].k.shape == (BATCH, 2, SEQ_LEN, 8)
-  np.testing.assert_array_equal(short[-1].v, full[-1].v[:, :, :SEQ_LEN])
+  # Growing keeps every written slot in place: the first layer's keys and values (projections
+  # of the tokens alone) are the full cache's to the bit. Later layers' read attention over
+  # fewer slots, whose sums may round differently on some CPUs: equal within fp32 rounding.
+  np.testing.assert_array_equal(short[0].k, full[0].k[:, :, :SEQ_LEN])
+  np.testing.assert_array_equal(short[0].v, full[0].v[:, :, :SEQ_LEN])
+  np.testing.assert_allclose(short[-1].v, full[-1].v[:, :, :SEQ_LEN], rtol=1e-5, atol=1e-7)
 
 
 def test_causality(model):
