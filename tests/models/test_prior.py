@@ -128,7 +128,7 @@ def test_a_short_cache_grown_slot_by_slot_gives_the_full_caches_logits(model):
     np.testing.assert_allclose(short_logits, full_logits, atol=1e-6)
   assert short[0].k.shape == (BATCH, 2, SEQ_LEN, 8)
   # Growing keeps every written slot in place: the first layer's keys and values (projections
-  # of the tokens alone) are the full cache's to the bit. Later layers' read attention over
+  # of the tokens alone) are the full cache's to the bit. Later layers read attention over
   # fewer slots, whose sums may round differently on some CPUs: equal within fp32 rounding.
   np.testing.assert_array_equal(short[0].k, full[0].k[:, :, :SEQ_LEN])
   np.testing.assert_array_equal(short[0].v, full[0].v[:, :, :SEQ_LEN])
