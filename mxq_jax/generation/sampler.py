@@ -52,8 +52,10 @@ def generate_codes(prior: prior_lib.Prior, key: jax.Array, batch_size: int, *, t
 
   One `lax.scan` per `positions_per_scan` positions, whose cache holds only the slots those
   positions can read: attention then does not stream the whole [B, H, N + 1, head_dim] cache from
-  memory at every early position (at the reference sizes on a CPU, sampling ~10% faster; the
-  codes are bitwise those of one scan over a full cache).
+  memory at every early position (at the reference sizes on a CPU, sampling ~10% faster). The
+  codes are those of one scan over a full cache (tests/generation/test_sampler.py); on some CPUs
+  attention over fewer slots rounds differently in the last fp32 bit, which could move a draw
+  that lies on a boundary between two codes.
   `temperature`: a scalar, or f32 [N], one per position of the prior's order.
   `constrain` places the batch-major carry on the mesh (a sharding constraint) or is identity.
   `unroll` writes out every position (for XLA's cost analysis, which counts a loop body once).
