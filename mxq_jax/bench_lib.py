@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from mxq_jax import config_lib, module_bench, sharding
 from mxq_jax.generation import sampler
@@ -145,9 +146,10 @@ def bench_train_step(task: trainer_lib.Task, batch: dict, mesh, steps: int,
 
 
 def random_codes_batch(config, batch_size: int) -> dict:
+  """Uniform random joint codes of the configured shape, as `stage1.random_batch` (NumPy)."""
   shape = (batch_size, config_lib.num_joint_codes(config))
   vocabulary = config_lib.code_vocabulary_size(config)
-  return {"codes": jax.random.randint(jax.random.key(0), shape, 0, vocabulary)}
+  return {"codes": np.random.default_rng(0).integers(0, vocabulary, shape, dtype=np.int32)}
 
 
 def _time_calls(fn, min_seconds: float) -> float:

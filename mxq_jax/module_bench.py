@@ -19,6 +19,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from mxq_jax.training import trainer as trainer_lib
@@ -118,8 +119,9 @@ def call_programs(call: ModuleCall):
   float_inputs = [leaves[i] for i in floats]
   other_inputs = [leaves[i] for i in others]
   outputs = jax.eval_shape(run, params, float_inputs, other_inputs)
-  keys = jax.random.split(jax.random.key(1), max(len(outputs), 1))
-  cotangents = [jax.random.normal(k, y.shape, y.dtype) for k, y in zip(keys, outputs)]
+  # Drawn by NumPy: eager jax.random would compile a program for every output shape.
+  rng = np.random.default_rng(1)
+  cotangents = [jnp.asarray(rng.standard_normal(y.shape, np.float32), y.dtype) for y in outputs]
 
   def forward_backward(params, float_inputs, other_inputs, cotangents):
     _, vjp = jax.vjp(lambda p, f: run(p, f, other_inputs), params, float_inputs)

@@ -215,7 +215,8 @@ def test_a_prior_of_another_width_in_a_copied_workdir_samples(trained_workdir, t
   result = run_sample(f"--workdir={workdir}", f"--outdir={tmp_path / 'out'}", "--num_samples=4",
                       "--batch_size=4")
   assert result.returncode == 0, result.stderr[-3000:]
-  config.stages = "stage2,evaluate"  # other stages: config.json stays (it is not the models).
+  # Other stages (both done here, so nothing runs): config.json stays (it is not the models).
+  config.stages = "encode,stage2"
   run.train_and_evaluate(config, str(workdir))
   assert not list(workdir.glob("config.2.json"))
   assert json.loads((workdir / "config.json").read_text())["stages"] == "stage2"

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mxq_jax.generation import filters as sampling
+from conftest import normal
 
 PROBS = np.array([0.05, 0.5, 0.15, 0.3], np.float32)  # sorted: 1 (.5), 3 (.3), 2 (.15), 0 (.05).
 LOGITS = jnp.log(jnp.asarray(PROBS))[None]
@@ -37,7 +38,7 @@ def test_top_k_keeps_the_k_most_likely(k, expected):
 
 
 def test_top_k_one_is_greedy_whatever_the_key():
-  logits = jax.random.normal(jax.random.key(0), (64, 50))
+  logits = normal(0, (64, 50))
   for seed in range(3):
     codes = sampling.sample_codes(jax.random.key(seed), logits, top_k=1, top_p=1.0,
                                   temperature=1.0)

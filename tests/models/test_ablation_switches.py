@@ -8,7 +8,7 @@ from flax import nnx
 from mxq_jax import ablation_lib as ablations, config_lib, sharding
 from mxq_jax.models.mxq_vae import MXQVAE
 from mxq_jax.training import checkpoints, codes as codes_lib, stage1, stage2, trainer
-from conftest import load_config
+from conftest import integers, load_config, normal
 
 B = 4
 
@@ -24,10 +24,9 @@ def build(config):
 
 
 def pair(config, seed=0):
-  k1, k2 = jax.random.split(jax.random.key(seed))
   size, length = config.data.image_size, config.data.text_length
-  images = jax.random.normal(k1, (B, size, size, 3))
-  tokens = jax.random.randint(k2, (B, length), 0, config.data.vocab_size)
+  images = normal(seed, (B, size, size, 3))
+  tokens = integers(seed + 1, (B, length), config.data.vocab_size)
   return images, tokens
 
 
@@ -73,7 +72,9 @@ def test_variant_trains(name):
 
 def perturbed(codes, start, stop, num_codes):
   """codes with positions [start, stop) moved to other ids of the vocabulary."""
-  return codes.at[:, start:stop].set((codes[:, start:stop] + 7) % num_codes)
+  moved = np.array(codes)
+  moved[:, start:stop] = (moved[:, start:stop] + 7) % num_codes
+  return moved
 
 
 @pytest.mark.parametrize("name,cross", [("own_decoders", False), ("mxq_vae", True)])
@@ -82,7 +83,7 @@ def test_own_decoders_read_only_their_modality(name, cross):
   model = build(config)
   num_image, num_text = split_positions(config)
   k = model.num_codes
-  codes = jax.random.randint(jax.random.key(1), (B, num_image + num_text), 0, k)
+  codes = integers(1, (B, num_image + num_text), k)
   decode = nnx.jit(lambda model, codes: model.decode(codes))
   images, logits = decode(model, codes)
   images_t, logits_t = decode(model, perturbed(codes, num_image, num_image + num_text, k))

@@ -9,7 +9,7 @@ from flax import nnx
 
 from mxq_jax import config_lib
 from mxq_jax.models.mxq_vae import MXQVAE, count_params
-from conftest import REPO
+from conftest import REPO, integers, normal
 
 common = config_lib.load_beside(REPO / "configs" / "common.py", "common")
 
@@ -29,10 +29,9 @@ def build(config):
 
 
 def batch(config, seed=0):
-  k1, k2 = jax.random.split(jax.random.key(seed))
   size, length = config.data.image_size, config.data.text_length
-  images = jax.random.normal(k1, (4, size, size, 3))
-  tokens = jax.random.randint(k2, (4, length), 0, config.data.vocab_size)
+  images = normal(seed, (4, size, size, 3))
+  tokens = integers(seed + 1, (4, length), config.data.vocab_size)
   return images, tokens
 
 

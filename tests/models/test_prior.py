@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from mxq_jax.models.prior import LayerCache, Prior, _rotate, grid_rotation, grow_cache
+from conftest import integers
 
 NUM_CODES = 13
 SEQ_LEN = 9
@@ -25,7 +26,7 @@ def make(dropout: float = 0.0, seed: int = 0, grid_rotary_dims: int = 0) -> Prio
 
 def tokens(seed: int = 0, batch: int = BATCH) -> jax.Array:
   """BOS followed by SEQ_LEN random codes, [batch, SEQ_LEN + 1]."""
-  codes = jax.random.randint(jax.random.key(seed), (batch, SEQ_LEN), 0, NUM_CODES)
+  codes = integers(seed, (batch, SEQ_LEN), NUM_CODES)
   return jnp.concatenate([jnp.full((batch, 1), NUM_CODES, codes.dtype), codes], axis=1)
 
 

@@ -8,6 +8,7 @@ from flax import nnx
 
 from mxq_jax.models import quantizer as quantizer_lib
 from mxq_jax.models.quantizer import CodebookState, Quantizer
+from conftest import normal
 
 # Four 2-D codes far enough apart that hand-made inputs have an obvious nearest one.
 CODEBOOK = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [5.0, 5.0]], np.float32)
@@ -34,8 +35,8 @@ def test_nearest_code_on_hand_made_codebook():
 
 def test_straight_through_gradient_is_identity():
   q = make()
-  z = jax.random.normal(jax.random.key(0), (2, 5, 2))
-  w = jax.random.normal(jax.random.key(1), (2, 5, 2))
+  z = normal(0, (2, 5, 2))
+  w = normal(1, (2, 5, 2))
   grad = jax.grad(lambda z: jnp.sum(q(z, train=False).quantized * w))(z)
   np.testing.assert_array_equal(grad, w)
   # And the forward value is the code vector itself.
@@ -97,7 +98,7 @@ def test_ema_update_moves_used_codes_toward_their_vectors():
 
 def test_data_init_seeds_codebook_from_inputs():
   q = Quantizer(4, 3, update="ema", init="data", rngs=nnx.Rngs(0))
-  z = jax.random.normal(jax.random.key(3), (2, 4, 3)) * 10  # 8 rows, far from U(-1/4, 1/4).
+  z = normal(3, (2, 4, 3)) * 10  # 8 rows, far from U(-1/4, 1/4).
   q(z, train=False)
   assert not bool(q.initialized[...])  # Only a train call seeds.
   out = q(z, train=True, rngs=nnx.Rngs(1))
@@ -114,7 +115,7 @@ def test_data_init_seeds_codebook_from_inputs():
 
 def test_data_init_seeds_are_distinct_input_rows():
   q = Quantizer(4, 3, update="ema", init="data", ema_decay=0.999, rngs=nnx.Rngs(0))
-  z = jax.random.normal(jax.random.key(3), (2, 4, 3)) * 10
+  z = normal(3, (2, 4, 3)) * 10
   q(z, train=True, rngs=nnx.Rngs(1))
   # With decay .999 the EMA step barely moves the seeds: each is (close to) an input row.
   rows = np.asarray(z).reshape(-1, 3)
@@ -154,7 +155,7 @@ def test_codes_in_range_and_jit():
     out = q(z, train=True, rngs=nnx.Rngs(key))
     return out, nnx.state(q)
 
-  z = jax.random.normal(jax.random.key(0), (4, 6, 8))
+  z = normal(0, (4, 6, 8))
   out, state = step(state, z, jax.random.key(1))
   out, state = step(state, z, jax.random.key(2))
   assert out.codes.shape == (4, 6) and out.codes.dtype == jnp.int32

@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from mxq_jax.models import fusion, image_codec, prior as prior_lib
+from conftest import integers, normal
 
 LAYERS = 2
 
@@ -27,12 +28,11 @@ def _prior(scan, dropout=0.0):
                          mlp_dim=32, dropout=dropout, scan_layers=scan, rngs=nnx.Rngs(0))
 
 
-KEY = jax.random.key(1)
 STACKS = {  # (build, input, forward)
-    "fusion": (_fusion, jax.random.normal(KEY, (2, 7, 16)),
+    "fusion": (_fusion, normal(1, (2, 7, 16)),
                lambda m, x, **kw: m(x, **kw)),
-    "residual": (_residual, jax.random.normal(KEY, (2, 4, 4, 8)), lambda m, x, **kw: m(x)),
-    "prior": (_prior, jax.random.randint(KEY, (2, 8), 0, 12),
+    "residual": (_residual, normal(1, (2, 4, 4, 8)), lambda m, x, **kw: m(x)),
+    "prior": (_prior, integers(1, (2, 8), 12),
               lambda m, x, **kw: m(x, **kw)),
 }
 

@@ -8,7 +8,7 @@ from flax import nnx
 
 from mxq_jax import config_lib, sharding
 from mxq_jax.training import stage2, trainer as train_lib
-from conftest import load_config
+from conftest import integers, load_config
 
 
 def test_teacher_forcing_shifts_in_bos():
@@ -29,7 +29,7 @@ def test_prior_loss_falls_on_a_fixed_batch():
   state = train_lib.init_state(stage, 0, shardings)
   step = train_lib.make_train_step(stage, mesh, shardings)
   n = config_lib.num_joint_codes(config)
-  codes = jax.random.randint(jax.random.key(1), (16, n), 0, config.vqvae.codebook_size)
+  codes = integers(1, (16, n), config.vqvae.codebook_size)
   batch = jax.device_put({"codes": codes}, sharding.batch_sharding(mesh))
   losses = []
   for _ in range(60):
