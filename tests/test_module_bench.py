@@ -78,17 +78,19 @@ def test_programs_replay_the_recorded_call(recording, path):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_bench_reports_every_module_of_both_stages(smoke_config):
+def test_bench_reports_every_module_of_stage1(smoke_config):
+  """Stage 1 only: the prior's rows come from the same code, its recording is checked above and
+  its train step below, and each stage benched adds a dozen programs to compile."""
   config = smoke_config
   report = bench_lib.run_benchmarks(config, parts=["modules"], steps=1, sampler_batches=[],
-                                    min_seconds=0.0)
+                                    min_seconds=0.0, stages=["stage1"])
+  assert "stage2_modules" not in report and "stage2_train_step" not in report
   rows = report["stage1_modules"]["modules"]
   assert [row["module"] for row in rows] == STAGE1_CHILDREN
   assert all(row["forward_backward_ms"] > 0 and row["share_of_step"] > 0 for row in rows)
   step_params = report["stage1_train_step"]["params"]
   # Every trainable parameter belongs to one child: the children's counts add up to the model's.
   assert sum(row["params"] for row in rows) == step_params
-  assert report["stage2_modules"]["modules"] and report["stage2_train_step"]["steps_per_s"] > 0
   table = module_bench.format_table("stage1", report["stage1_modules"])
   assert all(name in table for name in STAGE1_CHILDREN)
 
