@@ -79,8 +79,8 @@ def test_programs_replay_the_recorded_call(recording, path):
 
 
 def test_bench_reports_every_module_of_stage1(smoke_config):
-  """Stage 1 only: the prior's rows come from the same code, its recording is checked above and
-  its train step below, and each stage benched adds a dozen programs to compile."""
+  """Stage 1 only: the prior's rows are checked below, with its train step (each stage benched
+  adds a dozen programs to compile)."""
   config = smoke_config
   report = bench_lib.run_benchmarks(config, parts=["modules"], steps=1, sampler_batches=[],
                                     min_seconds=0.0, stages=["stage1"])
@@ -116,9 +116,10 @@ def test_train_step_flops_count_every_scanned_layer():
 
   scanned, unrolled = prior_flops(config), prior_flops(config_lib.unrolled(config))
   assert scanned < 0.6 * unrolled  # one layer of four counted in the loop.
-  report = bench_lib.run_benchmarks(config, parts=["train"], steps=1, sampler_batches=[],
-                                    min_seconds=0.0, stages=["stage2"])
+  report = bench_lib.run_benchmarks(config, parts=["train", "modules"], steps=1,
+                                    sampler_batches=[], min_seconds=0.0, stages=["stage2"])
   assert "stage1_train_step" not in report
+  assert report["stage2_modules"]["modules"] and report["stage2_train_step"]["steps_per_s"] > 0
   assert report["stage2_train_step"]["step_gflops"] == round(unrolled / 1e9, 2)
 
 
