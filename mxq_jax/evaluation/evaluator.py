@@ -33,7 +33,6 @@ the template parser reads every caption:
                       (image fully masked), the caption from the image alone (caption masked)
 """
 
-import functools
 import io
 import json
 import os
@@ -136,28 +135,43 @@ def trained_classifier(context: context_lib.RunContext):
 # ------------------------------------------------------------- stage-1 reconstructions
 
 
-def masked_inputs(images_uint8, tokens, condition: str):
+# Reconstruction conditions, each with its index in `reconstruct`'s one compiled program.
+CONDITIONS = ("pair", "caption_only", "image_only")
+
+
+def masked_inputs(images_uint8, tokens, condition):
   """Stage-1 inputs for a reconstruction `condition`: "pair" (both as given), "caption_only"
   (the image fully masked: zeros in normalized space, as the training masks patches) or
-  "image_only" (every caption piece replaced by the mask id; BOS, EOS and PAD kept)."""
+  "image_only" (every caption piece replaced by the mask id; BOS, EOS and PAD kept).
+
+  `condition` is a name of CONDITIONS or, traced, its index: `jnp.where` then selects the same
+  values, so that one program serves all three conditions instead of one program each.
+  """
+  index = CONDITIONS.index(condition) if isinstance(condition, str) else condition
   images = normalization.normalize_images(images_uint8)
-  if condition == "caption_only":
-    images = jnp.zeros_like(images)
-  if condition == "image_only":
-    special = jnp.isin(tokens, jnp.asarray([tokenizer.PAD_ID, tokenizer.BOS_ID, tokenizer.EOS_ID]))
-    tokens = jnp.where(special, tokens, tokenizer.MASK_ID)
+  images = jnp.where(index == CONDITIONS.index("caption_only"), jnp.zeros_like(images), images)
+  special = jnp.isin(tokens, jnp.asarray([tokenizer.PAD_ID, tokenizer.BOS_ID, tokenizer.EOS_ID]))
+  tokens = jnp.where((index == CONDITIONS.index("image_only")) & ~special, tokenizer.MASK_ID,
+                     tokens)
   return images, tokens
 
 
-# Reconstruction conditions and the half of the pair each one is scored on (its prefix).
+# The half of the pair each reconstruction condition is scored on (its prefix).
 RECONSTRUCTIONS = {"pair": "stage1", "caption_only": "from_caption", "image_only": "from_image"}
 
 
-@functools.partial(nnx.jit, static_argnames="condition")
-def reconstruct(model, images_uint8, tokens, condition):
-  """Stage 1's (uint8 images, token ids) of pairs encoded under `condition` (masked_inputs)."""
-  codes = model.encode(*masked_inputs(images_uint8, tokens, condition))
+@nnx.jit
+def _reconstruct(model, images_uint8, tokens, condition_index):
+  codes = model.encode(*masked_inputs(images_uint8, tokens, condition_index))
   return sampler.decode_pairs(model, codes)
+
+
+def reconstruct(model, images_uint8, tokens, condition: str):
+  """Stage 1's (uint8 images, token ids) of pairs encoded under `condition` (masked_inputs)."""
+  if condition not in CONDITIONS:
+    raise ValueError(f"unknown reconstruction condition {condition!r}; use one of {CONDITIONS}")
+  return _reconstruct(model, images_uint8, tokens,
+                      jnp.asarray(CONDITIONS.index(condition), jnp.int32))
 
 
 def stage1_reconstruction_agreement(context: context_lib.RunContext, read) -> dict:

@@ -103,3 +103,28 @@ def test_novelty_counts_captions_not_in_the_training_set():
   train = ["a small red 1 in the top left", "a large blue 2 in the center"]
   assert pair_metrics.novelty(["A small red 1 in the  top left", "a small red 2 in the top left"],
                               train) == 0.5
+
+
+def test_reconstruction_inputs_under_a_traced_condition_are_the_named_ones():
+  """One compiled program serves the three reconstruction conditions: traced, the condition's
+  index selects exactly the inputs its name gives (the image zeroed in normalized space, or
+  every caption piece masked with BOS, EOS and PAD kept)."""
+  import jax
+  from mxq_jax.data import tokenizer
+  from mxq_jax.evaluation import evaluator
+
+  images = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
+  tokens = np.array([[2, 9, 17, 3, 0, 0], [2, 30, 3, 0, 0, 0]], np.int32)
+  named = jax.jit(evaluator.masked_inputs, static_argnums=2)  # a program per condition.
+  traced = jax.jit(evaluator.masked_inputs)
+  for index, condition in enumerate(evaluator.CONDITIONS):
+    want_images, want_tokens = named(images, tokens, condition)
+    got_images, got_tokens = traced(images, tokens, np.int32(index))
+    np.testing.assert_array_equal(got_images, want_images)
+    np.testing.assert_array_equal(got_tokens, want_tokens)
+  images_only, tokens_only = evaluator.masked_inputs(images, tokens, "image_only")
+  np.testing.assert_array_equal(tokens_only, [[2, tokenizer.MASK_ID, tokenizer.MASK_ID, 3, 0, 0],
+                                              [2, tokenizer.MASK_ID, 3, 0, 0, 0]])
+  assert not np.any(evaluator.masked_inputs(images, tokens, "caption_only")[0])
+  with pytest.raises(ValueError, match="unknown reconstruction condition 'both'"):
+    evaluator.reconstruct(None, images, tokens, "both")
