@@ -107,10 +107,11 @@ def peak_memory_bytes() -> dict[str, int]:
 
 def bench_train_step(task: trainer_lib.Task, batch: dict, mesh, steps: int,
                      peak_flops: float, unrolled_task: trainer_lib.Task,
-                     mesh_config: ml_collections.ConfigDict) -> dict:
-  """Compile time, steps/s and FLOP rates of `task`'s train step. XLA counts a scanned loop's
-  body once, so the FLOPs come from `unrolled_task` (the same model, scan_layers off), lowered
-  but not compiled."""
+                     mesh_config: ml_collections.ConfigDict
+                     ) -> tuple[dict, trainer_lib.TrainState]:
+  """(compile time, steps/s and FLOP rates of `task`'s train step; the state it ends with).
+  XLA counts a scanned loop's body once, so the FLOPs come from `unrolled_task` (the same
+  model, scan_layers off), lowered but not compiled."""
   _, shardings = trainer_lib.abstract_state(task, mesh)
   state = trainer_lib.init_state(task, 0, shardings)
   step_fn = trainer_lib.make_train_step(task, mesh, shardings)
@@ -142,7 +143,7 @@ def bench_train_step(task: trainer_lib.Task, batch: dict, mesh, steps: int,
     result["achieved_flops_fraction_of_matmul"] = round(flops / seconds / peak_flops, 4)
     if chip_peak_flops():
       result["mfu_of_chip_bf16_peak"] = round(flops / seconds / chip_peak_flops(), 4)
-  return result
+  return result, state
 
 
 def random_codes_batch(config, batch_size: int) -> dict:
@@ -286,12 +287,13 @@ def run_benchmarks(config: ml_collections.ConfigDict, *, parts: Sequence[str], s
     }
     for name in stages:
       task, unrolled_task, batch = tasks[name]
-      report[f"{name}_train_step"] = bench_train_step(task, batch, mesh, steps, peak_flops,
-                                                      unrolled_task, config.mesh)
-      if "modules" in parts:
+      report[f"{name}_train_step"], state = bench_train_step(
+          task, batch, mesh, steps, peak_flops, unrolled_task, config.mesh)
+      if "modules" in parts:  # the modules of the benched model: no second init to compile.
         step_seconds = 1.0 / report[f"{name}_train_step"]["steps_per_s"]
         report[f"{name}_modules"] = module_bench.bench_modules(
-            task, batch, step_seconds, module_depth, min_seconds)
+            task, state, batch, step_seconds, module_depth, min_seconds)
+      del state
   if "sampler" in parts:
     report.update(bench_samplers(config, mesh, peak_flops, sampler_batches, min_seconds))
   if "input" in parts:

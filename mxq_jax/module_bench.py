@@ -151,10 +151,11 @@ def time_call(call: ModuleCall, min_seconds: float) -> dict[str, Any]:
           "forward_backward_ms": round(1e3 * both_s, 2)}
 
 
-def bench_modules(task: trainer_lib.Task, batch: dict, step_seconds: float, depth: int,
-                  min_seconds: float) -> dict[str, Any]:
-  """Each submodule's timings (first-call order) and share of a `step_seconds` train step."""
-  state = trainer_lib.init_state(task, 0, None)
+def bench_modules(task: trainer_lib.Task, state: trainer_lib.TrainState, batch: dict,
+                  step_seconds: float, depth: int, min_seconds: float) -> dict[str, Any]:
+  """Each submodule's timings (first-call order) and share of a `step_seconds` train step,
+  with `state`'s parameters (any layout: timed on one device)."""
+  state = jax.device_put(state, jax.devices()[0])
   model = trainer_lib.merge_model(task.graphdef, state)
   with recording_calls(model, depth) as calls:
     task.loss_fn(model, batch, jax.random.key(0))
