@@ -1,8 +1,9 @@
 r"""Where a train step's time goes: `python -m mxq_jax.bench --parts=modules`.
 
-For each stage, one eager call of the task's loss records how every submodule (down to
+For each stage, one jitted call of the task's loss records how every submodule (down to
 --module_depth levels; `nnx.List`/`nnx.Dict` containers are not a level) is called: its inputs,
-keyword arguments and call count. Each recorded call is then jitted on its own and timed
+keyword arguments and call count (the inputs come back as the program's outputs: one compile,
+not the hundreds of single-op ones of an eager call). Each recorded call is then jitted on its own and timed
 forward, and forward+backward (a VJP with a random cotangent, to the parameters and to the
 floating-point inputs, as in the real step), beside the whole jitted train step. A module's
 share is its forward+backward time (times its calls) over the step's: the module that
@@ -56,7 +57,8 @@ def submodules(model: nnx.Module, depth: int) -> dict[int, tuple[str, nnx.Module
 
 @contextlib.contextmanager
 def recording_calls(model: nnx.Module, depth: int):
-  """Yields {path: ModuleCall}, filled by the calls made inside the block (eager only)."""
+  """Yields {path: ModuleCall}, filled by the calls made inside the block (to `model`'s own
+  submodules: under a trace, those of the merged model the traced function calls)."""
   watched = submodules(model, depth)
   calls: dict[str, ModuleCall] = {}
   active: list[int] = []  # ids being called: a subclass calling super().__call__ records once.
@@ -89,6 +91,48 @@ def recording_calls(model: nnx.Module, depth: int):
         del cls.__call__
       else:
         cls.__call__ = original
+
+
+def _is_rngs(x) -> bool:
+  return isinstance(x, nnx.Rngs)
+
+
+def record_calls(task: trainer_lib.Task, state: trainer_lib.TrainState, batch: dict,
+                 depth: int) -> dict[str, ModuleCall]:
+  """{path: ModuleCall} of one call of `task`'s loss (training mode), with `state`'s model.
+
+  Traced under `jax.jit`: each first call's array arguments are returned by the program, the
+  rest of its arguments kept as they were (an `nnx.Rngs` argument becomes `nnx.Rngs(0)`, as
+  `call_programs` replays it). The calls name the modules of the merged model, not the traced
+  copies.
+  """
+  model = trainer_lib.merge_model(task.graphdef, state)
+  modules = dict(submodules(model, depth).values())
+  graphdef, model_state = nnx.split(model)
+  static = {}  # path -> (treedef, non-array leaves, which leaves are arrays, calls).
+
+  def traced(model_state, batch):
+    traced_model = nnx.merge(graphdef, model_state)
+    with recording_calls(traced_model, depth) as calls:
+      task.loss_fn(traced_model, batch, jax.random.key(0))
+    arrays = {}
+    for path, call in calls.items():
+      leaves, treedef = jax.tree.flatten((call.args, call.kwargs), is_leaf=_is_rngs)
+      is_array = [isinstance(x, jax.Array) for x in leaves]
+      kept = [None if a else (nnx.Rngs(0) if _is_rngs(x) else x)
+              for x, a in zip(leaves, is_array)]
+      static[path] = (treedef, kept, is_array, call.calls)
+      arrays[path] = [x for x, a in zip(leaves, is_array) if a]
+    return arrays
+
+  arrays = jax.jit(traced)(model_state, batch)
+  recorded = {}
+  for path, (treedef, kept, is_array, count) in static.items():
+    values = iter(arrays[path])
+    leaves = [next(values) if a else x for x, a in zip(kept, is_array)]
+    args, kwargs = jax.tree.unflatten(treedef, leaves)
+    recorded[path] = ModuleCall(path, modules[path], args, kwargs, count)
+  return recorded
 
 
 def _inexact(x) -> bool:
@@ -156,9 +200,7 @@ def bench_modules(task: trainer_lib.Task, state: trainer_lib.TrainState, batch: 
   """Each submodule's timings (first-call order) and share of a `step_seconds` train step,
   with `state`'s parameters (any layout: timed on one device)."""
   state = jax.device_put(state, jax.devices()[0])
-  model = trainer_lib.merge_model(task.graphdef, state)
-  with recording_calls(model, depth) as calls:
-    task.loss_fn(model, batch, jax.random.key(0))
+  calls = record_calls(task, state, batch, depth)
   rows = []
   for call in calls.values():
     row = time_call(call, min_seconds)

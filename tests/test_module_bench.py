@@ -15,11 +15,7 @@ STAGE1_CHILDREN = ["image_encoder", "text_encoder", "fusion", "quantizer", "imag
 
 
 def recorded_calls(task, batch, depth):
-  state = trainer_lib.init_state(task, 0, None)
-  model = trainer_lib.merge_model(task.graphdef, state)
-  with module_bench.recording_calls(model, depth) as calls:
-    task.loss_fn(model, batch, jax.random.key(0))
-  return calls
+  return module_bench.record_calls(task, trainer_lib.init_state(task, 0, None), batch, depth)
 
 
 PATCHED_CLASSES = (nnx.Linear, nnx.Conv, nnx.LayerNorm, nnx.Embed)
