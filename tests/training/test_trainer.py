@@ -73,6 +73,13 @@ def test_sharded_step_matches_one_device(data, fsdp, monkeypatch):
     assert any("fsdp" in spec for spec in specs), specs
 
 
+# The :smoke stage-1 runs on the default mesh here train 3 steps (one continues to 6, :smoke's
+# default): a schedule's length is compiled into the train step, so that every one of them,
+# test_remote_paths' and test_main's runs use two programs, compiled once for the whole suite
+# (the compilation cache of tests/conftest.py), instead of one for each step count.
+SHARED_STEPS = 3
+
+
 def fit_stage1(config, workdir: str, mesh, train_batches):
   """Stage 1 trained by the Trainer from `train_batches`: (state, test metrics)."""
   trainer = train_lib.Trainer(stage1.make_task(config), workdir=workdir, mesh=mesh, seed=0)
@@ -81,9 +88,7 @@ def fit_stage1(config, workdir: str, mesh, train_batches):
 
 def test_checkpoint_restore_and_continue(tmp_path):
   config = load_config("synthetic", "smoke")
-  # 3 steps, then 6: the step programs of test_remote_paths' and test_main's :smoke runs (a
-  # schedule's length is compiled into its step), which the compilation cache then shares.
-  config.vqvae.optim.update(num_steps=3, checkpoint_every=2, log_every=2)
+  config.vqvae.optim.update(num_steps=SHARED_STEPS, checkpoint_every=2, log_every=2)
   mesh = sharding.make_mesh(config.mesh)
   batch = stage1.random_batch(config, config.vqvae.optim.batch_size)
   batches = lambda start: iter([place(batch, mesh)] * 100)
@@ -92,28 +97,28 @@ def test_checkpoint_restore_and_continue(tmp_path):
 
   state, _ = train_lib.Trainer(stage, workdir=workdir, mesh=mesh, seed=0).fit(
       batches)
-  assert int(state.step) == 3
+  assert int(state.step) == SHARED_STEPS
   manager = checkpointing.make_manager(os.path.join(workdir, "stage1", "checkpoints"), 2)
-  assert manager.all_steps() == [2, 3]
+  assert manager.all_steps() == [2, SHARED_STEPS]
   abstract, _ = train_lib.abstract_state(stage, mesh)
-  restored = checkpointing.restore(manager, 3, abstract)
+  restored = checkpointing.restore(manager, SHARED_STEPS, abstract)
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   manager.close()
 
-  # Asking for more steps continues from step 3, not from scratch.
+  # Asking for more steps continues from the last one, not from scratch.
   config.vqvae.optim.num_steps = 6
   starts = []
   def recording_batches(start):
     starts.append(start)
     return batches(start)
   state, _ = fit_stage1(config, workdir, mesh, recording_batches)
-  assert starts == [3] and int(state.step) == 6
+  assert starts == [SHARED_STEPS] and int(state.step) == 6
 
 
 def test_incompatible_checkpoint_is_refused_and_nothing_written(tmp_path):
   config = load_config("synthetic", "smoke")
-  config.vqvae.optim.update(num_steps=2, checkpoint_every=2)
+  config.vqvae.optim.update(num_steps=SHARED_STEPS, checkpoint_every=2)
   mesh = sharding.make_mesh(config.mesh)
   batch = stage1.random_batch(config, config.vqvae.optim.batch_size)
   fit_stage1(config, str(tmp_path), mesh, lambda start: iter([place(batch, mesh)] * 10))
@@ -128,7 +133,7 @@ def test_incompatible_checkpoint_is_refused_and_nothing_written(tmp_path):
 
 def test_nan_loss_stops_with_a_clear_error(tmp_path):
   config = load_config("synthetic", "smoke")
-  config.vqvae.optim.update(num_steps=2, log_every=1)
+  config.vqvae.optim.update(num_steps=SHARED_STEPS, log_every=1)
   mesh = sharding.make_mesh(config.mesh)
   batch = stage1.random_batch(config, config.vqvae.optim.batch_size)
   batch["image"][:] = np.nan
@@ -155,7 +160,8 @@ def test_psnr_and_text_accuracy_on_known_cases():
 
 def test_a_profile_is_written_when_the_config_asks_for_one(tmp_path):
   config = load_config("synthetic", "smoke")
-  config.vqvae.optim.update(num_steps=4, profile_steps=2, profile_first_step=1)
+  config.vqvae.optim.update(num_steps=SHARED_STEPS, profile_steps=2,
+                            profile_first_step=1)
   mesh = sharding.make_mesh(config.mesh)
   batch = stage1.random_batch(config, config.vqvae.optim.batch_size)
   fit_stage1(config, str(tmp_path), mesh, lambda start: iter([place(batch, mesh)] * 10))
