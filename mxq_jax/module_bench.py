@@ -3,10 +3,10 @@ r"""Where a train step's time goes: `python -m mxq_jax.bench --parts=modules`.
 For each stage, one jitted call of the task's loss records how every submodule (down to
 --module_depth levels; `nnx.List`/`nnx.Dict` containers are not a level) is called: its inputs,
 keyword arguments and call count (the inputs come back as the program's outputs: one compile,
-not the hundreds of single-op ones of an eager call). Each recorded call is then jitted on its own and timed
-forward, and forward+backward (a VJP with a random cotangent, to the parameters and to the
-floating-point inputs, as in the real step), beside the whole jitted train step. A module's
-share is its forward+backward time (times its calls) over the step's: the module that
+not the hundreds of single-op ones of an eager call). Each recorded call is then jitted on its
+own and timed forward, and forward+backward (a VJP with a random cotangent, to the parameters
+and to the floating-point inputs, as in the real step), beside the whole jitted train step. A
+module's share is its forward+backward time (times its calls) over the step's: the module that
 dominates, or an op that fell off the compiler's fast path, shows in a minute. Shares of one
 level add to less than 1; the rest is the loss, the optimizer update and what XLA fuses
 across module boundaries. Nested levels (--module_depth=2) overlap their parents.
