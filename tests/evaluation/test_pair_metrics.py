@@ -122,7 +122,7 @@ def test_reconstruction_inputs_under_a_traced_condition_are_the_named_ones():
     got_images, got_tokens = traced(images, tokens, np.int32(index))
     np.testing.assert_array_equal(got_images, want_images)
     np.testing.assert_array_equal(got_tokens, want_tokens)
-  images_only, tokens_only = evaluator.masked_inputs(images, tokens, "image_only")
+  _, tokens_only = evaluator.masked_inputs(images, tokens, "image_only")
   np.testing.assert_array_equal(tokens_only, [[2, tokenizer.MASK_ID, tokenizer.MASK_ID, 3, 0, 0],
                                               [2, tokenizer.MASK_ID, 3, 0, 0, 0]])
   assert not np.any(evaluator.masked_inputs(images, tokens, "caption_only")[0])

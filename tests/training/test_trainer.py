@@ -73,10 +73,10 @@ def test_sharded_step_matches_one_device(data, fsdp, monkeypatch):
     assert any("fsdp" in spec for spec in specs), specs
 
 
-# The :smoke stage-1 runs on the default mesh here train 3 steps (one continues to 6, :smoke's
-# default): a schedule's length is compiled into the train step, so that every one of them,
-# test_remote_paths' and test_main's runs use two programs, compiled once for the whole suite
-# (the compilation cache of tests/conftest.py), instead of one for each step count.
+# A schedule's length is compiled into the train step. With 3 steps (and 6, :smoke's default,
+# where one run continues), this file's :smoke runs on the default mesh and those of
+# test_remote_paths and test_main share two step programs through the compilation cache
+# (tests/conftest.py), instead of compiling one for each step count.
 SHARED_STEPS = 3
 
 
