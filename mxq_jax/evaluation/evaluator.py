@@ -135,8 +135,10 @@ def trained_classifier(context: context_lib.RunContext):
 # ------------------------------------------------------------- stage-1 reconstructions
 
 
-# Reconstruction conditions, each with its index in `reconstruct`'s one compiled program.
-CONDITIONS = ("pair", "caption_only", "image_only")
+# Reconstruction conditions and the half of the pair each one is scored on (its prefix).
+RECONSTRUCTIONS = {"pair": "stage1", "caption_only": "from_caption", "image_only": "from_image"}
+# Each condition's index in `reconstruct`'s one compiled program.
+CONDITIONS = tuple(RECONSTRUCTIONS)
 
 
 def masked_inputs(images_uint8, tokens, condition):
@@ -154,10 +156,6 @@ def masked_inputs(images_uint8, tokens, condition):
   tokens = jnp.where((index == CONDITIONS.index("image_only")) & ~special, tokenizer.MASK_ID,
                      tokens)
   return images, tokens
-
-
-# The half of the pair each reconstruction condition is scored on (its prefix).
-RECONSTRUCTIONS = {"pair": "stage1", "caption_only": "from_caption", "image_only": "from_image"}
 
 
 @nnx.jit

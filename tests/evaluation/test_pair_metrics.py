@@ -1,10 +1,11 @@
 """Pair metrics on hand-made cases with known answers, and the Fréchet distance's closed form."""
 
+import jax
 import numpy as np
 import pytest
 
-from mxq_jax.evaluation import pair_metrics
-from mxq_jax.data import caption_attributes as attrs
+from mxq_jax.evaluation import evaluator, pair_metrics
+from mxq_jax.data import caption_attributes as attrs, tokenizer
 from mxq_jax.evaluation.evaluator import label_ids as _label_ids
 
 NUM_CLASSES = {"digit": 10, "color": 8, "position": 5, "size": 2}
@@ -109,10 +110,6 @@ def test_reconstruction_inputs_under_a_traced_condition_are_the_named_ones():
   """One compiled program serves the three reconstruction conditions: traced, the condition's
   index selects exactly the inputs its name gives (the image zeroed in normalized space, or
   every caption piece masked with BOS, EOS and PAD kept)."""
-  import jax
-  from mxq_jax.data import tokenizer
-  from mxq_jax.evaluation import evaluator
-
   images = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
   tokens = np.array([[2, 9, 17, 3, 0, 0], [2, 30, 3, 0, 0, 0]], np.int32)
   named = jax.jit(evaluator.masked_inputs, static_argnums=2)  # a program per condition.
