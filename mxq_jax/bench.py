@@ -47,7 +47,7 @@ def benchmark() -> dict:
 
 def main(argv):
   cli.check_no_arguments(argv)
-  cli.start()
+  cli.start(compilation_cache=False)  # it reports compile times.
   report = cli.run(benchmark)
   for stage in ("stage1", "stage2"):
     if f"{stage}_modules" in report:

@@ -69,3 +69,36 @@ def test_a_second_ctrl_c_stops_at_once():
     signal.raise_signal(signal.SIGINT)
   with pytest.raises(KeyboardInterrupt):
     cli.run(command)
+
+
+@pytest.fixture
+def restored_jax_cache_config():
+  import jax
+  saved = (jax.config.jax_compilation_cache_dir, jax.config.jax_enable_compilation_cache)
+  yield
+  jax.config.update("jax_compilation_cache_dir", saved[0])
+  jax.config.update("jax_enable_compilation_cache", saved[1])
+
+
+def test_commands_keep_compiled_programs_in_the_users_cache(restored_jax_cache_config,
+                                                            monkeypatch, tmp_path):
+  import jax
+  suite_dir = jax.config.jax_compilation_cache_dir  # tests/conftest.py sets it in the env.
+  assert suite_dir and cli.use_compilation_cache() == suite_dir  # the user's choice stays.
+
+  jax.config.update("jax_compilation_cache_dir", None)  # as where nothing set it.
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  cli.start(distributed=False)
+  assert jax.config.jax_compilation_cache_dir == str(
+      tmp_path / "xdg" / "mxq_jax" / "jax_compilation_cache")
+  assert jax.config.jax_enable_compilation_cache
+  monkeypatch.delenv("XDG_CACHE_HOME")
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  assert cli.default_compilation_cache_dir() == str(
+      tmp_path / "home" / ".cache" / "mxq_jax" / "jax_compilation_cache")
+
+
+def test_commands_that_report_compile_times_compile(restored_jax_cache_config):
+  import jax
+  cli.start(distributed=False, compilation_cache=False)  # bench, aot.
+  assert not jax.config.jax_enable_compilation_cache
