@@ -45,7 +45,8 @@ flags:
   --queued             create/delete: through a queued resource (waits for capacity)
   --version=VERSION    create: TPU software version (default: by generation, see below)
   --config=FILE        train: experiment config, relative to the checkout (configs/cub.py)
-  --workdir=DIR        train/sample/evaluate: gs://BUCKET/PATH (required on multi-host slices)
+  --workdir=DIR        train/sample/evaluate: gs://BUCKET/PATH (required on multi-host slices);
+                       compiled programs are then cached in gs://BUCKET/jax_compilation_cache
   --data_dir=DIR       train: TFDS data directory, passed as --config.data.data_dir
   --skip_fit_check     train: do not run python -m mxq_jax.aot first
   --worker=N           logs/ssh/sample/evaluate: which worker (0, 1, ..., or all for ssh)
@@ -207,6 +208,18 @@ require_shared_paths() {
   fi
 }
 
+# JAX's persistent compilation cache in the workdir's bucket, where the workdir is gs://: only
+# process 0 writes the cache, and a slice recreated after a preemption starts with an empty
+# ~/.cache, so every host of every launch reads it from there (README, "What a run does").
+python_command() {  # python_command MODULE ARGS...: sets PYTHON_COMMAND, the worker's words.
+  PYTHON_COMMAND=()
+  if [[ "${WORKDIR}" == gs://* ]]; then
+    local bucket="${WORKDIR#gs://}"
+    PYTHON_COMMAND+=(env "JAX_COMPILATION_CACHE_DIR=gs://${bucket%%/*}/jax_compilation_cache")
+  fi
+  PYTHON_COMMAND+=(python -m "$@")
+}
+
 check_worker() {  # --worker is a number (or "all" where $1 allows it).
   if [[ ! "${WORKER}" =~ ^[0-9]+$ && ! ( "$1" == "all" && "${WORKER}" == "all" ) ]]; then
     usage_error "--worker=${WORKER}: use a worker number (0 is the first)${1:+ or all}"
@@ -305,8 +318,8 @@ cmd_train() {
       die "the fit check (python -m mxq_jax.aot --topology=${TYPE}) failed on worker 0 (its output is above); change the config, or rerun with --skip_fit_check"
     fi
   fi
-  on_workers all "$(worker_command start "${WORKDIR}" -- python -m mxq_jax.main \
-    "--config=${CONFIG}" "--workdir=${WORKDIR}" "${overrides[@]}")"
+  python_command mxq_jax.main "--config=${CONFIG}" "--workdir=${WORKDIR}" "${overrides[@]}"
+  on_workers all "$(worker_command start "${WORKDIR}" -- "${PYTHON_COMMAND[@]}")"
   echo "${PROG}: started on ${HOSTS} worker(s); '${PROG} logs --name=${NAME} --zone=${ZONE}' follows worker 0, every log is copied to ${WORKDIR}/logs/" >&2
 }
 
@@ -331,7 +344,8 @@ cmd_generate_or_evaluate() {
   else
     worker="${worker:-0}"
   fi
-  on_workers "${worker}" "$(worker_command run -- python -m "${module}" "${args[@]}")"
+  python_command "${module}" "${args[@]}"
+  on_workers "${worker}" "$(worker_command run -- "${PYTHON_COMMAND[@]}")"
 }
 
 cmd_logs() {

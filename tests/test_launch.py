@@ -144,6 +144,10 @@ def test_setup_copies_the_checkout_to_every_worker_and_installs_it(tpu):
 
 # ------------------------------------------------------------------------------------- train
 
+# Where the workdir is gs://, the run's compiled programs are cached in its bucket: every host of
+# every launch (a slice recreated after a preemption too) reads what process 0 wrote.
+BUCKET_CACHE = "env JAX_COMPILATION_CACHE_DIR=gs://bucket/jax_compilation_cache"
+
 
 def test_train_runs_the_fit_check_on_worker_0_then_main_on_every_worker(tpu):
   result = tpu("train", *V5E_16, *TRAIN, "--config.vqvae.dtype=bfloat16")
@@ -157,8 +161,8 @@ def test_train_runs_the_fit_check_on_worker_0_then_main_on_every_worker(tpu):
       "--config.data.data_dir=gs://bucket/tfds --config.vqvae.dtype=bfloat16")
   assert flag(main, "worker") == "all"
   assert flag(main, "command") == (
-      "bash ~/mxq_jax/launch/on_worker.sh start gs://bucket/cub -- python -m mxq_jax.main "
-      "--config=configs/cub.py --workdir=gs://bucket/cub "
+      "bash ~/mxq_jax/launch/on_worker.sh start gs://bucket/cub -- "
+      f"{BUCKET_CACHE} python -m mxq_jax.main --config=configs/cub.py --workdir=gs://bucket/cub "
       "--config.data.data_dir=gs://bucket/tfds --config.vqvae.dtype=bfloat16")
 
 
@@ -182,8 +186,8 @@ def test_every_command_is_printed_before_it_runs(tpu):
   printed = [line for line in result.stderr.splitlines() if line.startswith("+ ")]
   assert printed == [
       "+ gcloud compute tpus tpu-vm ssh bird --worker=all --command='bash "
-      "~/mxq_jax/launch/on_worker.sh start gs://bucket/cub -- python -m mxq_jax.main "
-      "--config=configs/cub.py --workdir=gs://bucket/cub "
+      f"~/mxq_jax/launch/on_worker.sh start gs://bucket/cub -- {BUCKET_CACHE} python -m "
+      "mxq_jax.main --config=configs/cub.py --workdir=gs://bucket/cub "
       "--config.data.data_dir=gs://bucket/tfds' --zone=us-west4-a"]
 
 
@@ -213,9 +217,16 @@ def test_sample_runs_on_worker_0_of_a_single_host_slice(tpu):
   [call] = result.calls
   assert flag(call, "worker") == "0"
   assert flag(call, "command") == (
-      "bash ~/mxq_jax/launch/on_worker.sh run -- python -m mxq_jax.sample "
+      f"bash ~/mxq_jax/launch/on_worker.sh run -- {BUCKET_CACHE} python -m mxq_jax.sample "
       "--workdir=gs://bucket/cub --outdir=gs://bucket/cub/generated --num_samples=1000")
 
+
+def test_a_local_workdir_keeps_the_cache_in_the_workers_home(tpu):
+  result = tpu("sample", *V5E_8, "--workdir=/home/me/cub")
+  assert result.returncode == 0, result.stderr
+  assert flag(result.calls[0], "command") == (
+      "bash ~/mxq_jax/launch/on_worker.sh run -- python -m mxq_jax.sample "
+      "--workdir=/home/me/cub --outdir=/home/me/cub/generated")
 
 def test_evaluate_on_a_multi_host_slice_runs_on_every_worker(tpu):
   result = tpu("evaluate", *V5E_16, "--workdir=gs://bucket/cub", "--",
@@ -224,7 +235,8 @@ def test_evaluate_on_a_multi_host_slice_runs_on_every_worker(tpu):
   [call] = result.calls
   assert flag(call, "worker") == "all"
   assert flag(call, "command").endswith(
-      "python -m mxq_jax.evaluate --workdir=gs://bucket/cub --samples=gs://bucket/other")
+      f"-- {BUCKET_CACHE} python -m mxq_jax.evaluate --workdir=gs://bucket/cub "
+      "--samples=gs://bucket/other")
 
 
 @pytest.mark.parametrize("worker", [None, "3"])
