@@ -184,8 +184,9 @@ def _task_programs(task: trainer_lib.Task, example: dict, mesh,
   state, shardings = trainer_lib.abstract_state(task, mesh)
   batch_size = task.optim.batch_size
   found = [Program(f"{task.name}/train", trainer_lib.make_train_step(task, mesh, shardings),
-                   (state, _batch(example, batch_size, mesh, valid=False), _key(mesh)),
-                   ("state", "batch", "key"), batch_field),
+                   (state, _batch(example, batch_size, mesh, valid=False), _key(mesh),
+                    _scalar(mesh)),
+                   ("state", "batch", "key", "learning_rate"), batch_field),
            Program(f"{task.name}/eval", trainer_lib.make_eval_step(task, mesh, shardings),
                    (state, _batch(example, batch_size, mesh, valid=True)),
                    ("state", "batch"), batch_field)]

@@ -90,11 +90,13 @@ def cpu_flops(build: Callable, mesh_config, *args) -> float | None:
     return None
 
 
-def train_step_flops(task: trainer_lib.Task, mesh_config, state, batch, key) -> float | None:
+def train_step_flops(task: trainer_lib.Task, mesh_config, state, batch, key,
+                     learning_rate) -> float | None:
   """`cpu_flops` of `task`'s train step (pass the unrolled task: XLA counts a scanned loop's
   body once)."""
   return cpu_flops(lambda mesh: trainer_lib.make_train_step(
-      task, mesh, trainer_lib.abstract_state(task, mesh)[1]), mesh_config, state, batch, key)
+      task, mesh, trainer_lib.abstract_state(task, mesh)[1]), mesh_config, state, batch, key,
+      learning_rate)
 
 
 def peak_memory_bytes() -> dict[str, int]:
@@ -117,17 +119,19 @@ def bench_train_step(task: trainer_lib.Task, batch: dict, mesh, steps: int,
   step_fn = trainer_lib.make_train_step(task, mesh, shardings)
   batch = jax.device_put(batch, sharding.batch_sharding(mesh))
   key = jax.random.key(0)
+  # One rate for every timed step: its value does not change the work of a step.
+  learning_rate = trainer_lib.make_learning_rate(task, mesh)(state.step)
 
   start = time.perf_counter()
-  compiled = step_fn.lower(state, batch, key).compile()
+  compiled = step_fn.lower(state, batch, key, learning_rate).compile()
   compile_s = time.perf_counter() - start
-  flops = train_step_flops(unrolled_task, mesh_config, state, batch, key)
+  flops = train_step_flops(unrolled_task, mesh_config, state, batch, key, learning_rate)
 
-  state, metrics = compiled(state, batch, key)  # warm-up (first-run allocations).
+  state, metrics = compiled(state, batch, key, learning_rate)  # warm-up (first-run allocations).
   jax.block_until_ready(metrics)
   start = time.perf_counter()
   for _ in range(steps):
-    state, metrics = compiled(state, batch, key)
+    state, metrics = compiled(state, batch, key, learning_rate)
   jax.block_until_ready(metrics)
   seconds = (time.perf_counter() - start) / steps
   batch_size = task.optim.batch_size

@@ -236,6 +236,9 @@ REASONS = (
 )
 
 
+_STEP_BOOKKEEPING = REASONS[-1][0]
+
+
 def fp32_reason(source: list[tuple[str, str, int]], op_name: str = "") -> str:
   """The `REASONS` entry of an fp32 op from its source (innermost frame first), or
   "unexplained: FILE:LINE FUNCTION"."""
@@ -356,7 +359,11 @@ def analyze(text: str, *, fp32_reasons: bool = True, slow_forms: bool = True,
       if instruction.dtype == "bf16" and kind == "add":
         slow["bf16_scatter"] += count
     if fp32_reasons and instruction.dtype == "f32" and instruction.opcode not in _NOT_COMPUTE:
-      reason = fp32_reason(*_source(module, sites, by_name, instruction))
+      source, op_name = _source(module, sites, by_name, instruction)
+      if not source and any(o.startswith("learning_rate") for o in instruction.operands):
+        reason = _STEP_BOOKKEEPING  # optax's sign flip of the rate argument: no location.
+      else:
+        reason = fp32_reason(source, op_name)
       if compiled and reason.startswith("unexplained: models/"):
         reason = "fp32 by the compiler's choice: " + reason.split(": ", 1)[1]
       fp32[reason]["ops"] += count

@@ -108,7 +108,8 @@ def test_train_step_flops_count_every_scanned_layer():
     task = stage2.make_task(config, stage1_step=0)
     abstract, _ = trainer_lib.abstract_state(task, sharding.make_mesh(config.mesh))
     batch = bench_lib.random_codes_batch(config, config.prior.optim.batch_size)
-    return bench_lib.train_step_flops(task, config.mesh, abstract, batch, jax.random.key(0))
+    return bench_lib.train_step_flops(task, config.mesh, abstract, batch, jax.random.key(0),
+                                      np.float32(1e-3))
 
   scanned, unrolled = prior_flops(config), prior_flops(config_lib.unrolled(config))
   assert scanned < 0.6 * unrolled  # one layer of four counted in the loop.

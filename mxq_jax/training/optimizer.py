@@ -14,9 +14,11 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict) -> optax.Schedule:
   )
 
 
-def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(optim: ml_collections.ConfigDict,
+                   schedule: optax.Schedule | None = None) -> optax.GradientTransformation:
+  """AdamW by `optim`, with `schedule` (step count -> rate) in place of its own if given."""
   adamw = optax.adamw(
-      learning_rate_schedule(optim), b1=optim.b1, b2=optim.b2, eps=optim.eps,
+      schedule or learning_rate_schedule(optim), b1=optim.b1, b2=optim.b2, eps=optim.eps,
       weight_decay=optim.weight_decay)
   if optim.grad_clip_norm > 0:
     return optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), adamw)

@@ -130,12 +130,27 @@ def restore_trained(task: Task, workdir: str, mesh: jax.sharding.Mesh,
 # ------------------------------------------------------------------------------- the steps
 
 
-def make_train_step(task: Task, mesh: jax.sharding.Mesh, state_shardings):
-  """The jitted, sharded step: (state, batch, key) -> (state, metrics). State is donated."""
-  graphdef, optimizer, schedule = task.graphdef, task.optimizer, task.learning_rate
+def make_learning_rate(task: Task, mesh: jax.sharding.Mesh):
+  """The jitted schedule: step -> the task's learning rate at that step (a scalar).
 
-  def train_step(state: TrainState, batch: Batch, key: jax.Array):
+  A program of its own, a few scalar ops, that the train step takes the rate from: the train
+  step holds no schedule constants, so one compiled step (and its persistent-cache entry)
+  serves any step budget, warm-up and peak rate.
+  """
+  replicated = sharding.replicated(mesh)
+  return jax.jit(task.learning_rate, in_shardings=replicated, out_shardings=replicated)
+
+
+def make_train_step(task: Task, mesh: jax.sharding.Mesh, state_shardings):
+  """The jitted, sharded step: (state, batch, key, learning rate) -> (state, metrics), the
+  rate from `make_learning_rate` at `state.step`. State is donated."""
+  graphdef = task.graphdef
+
+  def train_step(state: TrainState, batch: Batch, key: jax.Array, learning_rate: jax.Array):
     step_key = jax.random.fold_in(key, state.step)
+    # The task's optimizer, its schedule replaced by this step's rate: the same updates and the
+    # same state (AdamW's schedule count included), without the schedule's constants.
+    optimizer = optimizer_lib.make_optimizer(task.optim, lambda count: learning_rate)
 
     def objective(params):
       # copy=True: fresh Variables owned by this trace, so the forward may update them.
@@ -149,7 +164,7 @@ def make_train_step(task: Task, mesh: jax.sharding.Mesh, state_shardings):
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
-                   learning_rate=schedule(state.step))
+                   learning_rate=learning_rate)
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
                            model_state=model_state)
     return new_state, metrics
@@ -157,7 +172,7 @@ def make_train_step(task: Task, mesh: jax.sharding.Mesh, state_shardings):
   replicated = sharding.replicated(mesh)
   return jax.jit(
       train_step,
-      in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated),
+      in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated, replicated),
       out_shardings=(state_shardings, replicated),
       donate_argnums=0)
 
@@ -208,6 +223,7 @@ class Trainer:
     self.metrics_path = os.path.join(self.directory, "eval_metrics.json")
     self.abstract_state, self.state_shardings = abstract_state(task, mesh, seed)
     self.train_step = make_train_step(task, mesh, self.state_shardings)
+    self.learning_rate = make_learning_rate(task, mesh)
     self.eval_step = make_eval_step(task, mesh, self.state_shardings)
     self.key = jax.random.key(seed)
 
@@ -285,7 +301,8 @@ class Trainer:
     logging.info("%s: training steps %d..%d", task.name, start, optim.num_steps)
     for step in range(start + 1, optim.num_steps + 1):
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        state, metrics = self.train_step(state, next(batches), self.key)
+        state, metrics = self.train_step(state, next(batches), self.key,
+                                         self.learning_rate(state.step))
       if pending is not None:
         history.append(jax.device_get(pending))
       pending = metrics
@@ -320,7 +337,7 @@ class Trainer:
     collective communicators (gloo on CPU gives it 30 s).
     """
     start = time.perf_counter()
-    self.train_step.lower(state, batch, self.key).compile()
+    self.train_step.lower(state, batch, self.key, self.learning_rate(state.step)).compile()
     logging.info("%s: train step compiled in %.1f s", self.task.name, time.perf_counter() - start)
     wait_for_all_processes(f"mxq_jax {self.task.name}: step {int(state.step)} compiled")
 

@@ -58,12 +58,13 @@ def test_variant_trains(name):
   _, shardings = trainer.abstract_state(task, mesh)
   state = trainer.init_state(task, 0, shardings)
   step = trainer.make_train_step(task, mesh, shardings)
+  learning_rate = trainer.make_learning_rate(task, mesh)
   batch = jax.tree.map(lambda x: np.tile(x, (8,) + (1,) * (x.ndim - 1)),
                        stage1.random_batch(config, 2))
   batch = jax.device_put(batch, sharding.batch_sharding(mesh))
   losses = []
   for _ in range(30):
-    state, metrics = step(state, batch, jax.random.key(0))
+    state, metrics = step(state, batch, jax.random.key(0), learning_rate(state.step))
     losses.append(float(metrics["loss"]))
   assert all(np.isfinite(losses))
   assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:3]), losses

@@ -13,8 +13,8 @@ def test_real_data_builds_reports_trains_and_samples_the_demo_tree(tmp_path):
       "real_data.ipynb", tmp_path, dataset="cub", manual_dir="",
       data_dir=str(tmp_path / "tfds"), workdir=str(tmp_path / "work"),
       config="configs/cub.py:smoke",
-      # Overrides the compiled steps do not depend on (a schedule's length is compiled in): the
-      # stage-1 step is then test_photo_datasets' cub:smoke one, from the compilation cache.
+      # Overrides the compiled steps do not depend on: the stage-1 step is then
+      # test_photo_datasets' cub:smoke one, from the compilation cache.
       overrides={"vqvae.optim.log_every": 5, "prior.optim.log_every": 5}, num_pairs=8)
   summary = notebook_runner.summary(notebook)
   assert summary["demo"] and summary["config"] == "configs/cub.py:smoke"

@@ -36,10 +36,11 @@ def trained_stage1():
   _, shardings = train_lib.abstract_state(task, mesh)
   state = train_lib.init_state(task, 0, shardings)
   step = train_lib.make_train_step(task, mesh, shardings)
+  learning_rate = train_lib.make_learning_rate(task, mesh)
   batch = jax.device_put(stage1.random_batch(config, config.vqvae.optim.batch_size),
                          sharding.batch_sharding(mesh))
   for _ in range(4):
-    state, _ = step(state, batch, jax.random.key(0))
+    state, _ = step(state, batch, jax.random.key(0), learning_rate(state.step))
   assert int(state.step) == 4
   return config, mesh, state
 

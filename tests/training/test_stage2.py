@@ -28,12 +28,13 @@ def test_prior_loss_falls_on_a_fixed_batch():
   _, shardings = train_lib.abstract_state(stage, mesh)
   state = train_lib.init_state(stage, 0, shardings)
   step = train_lib.make_train_step(stage, mesh, shardings)
+  learning_rate = train_lib.make_learning_rate(stage, mesh)
   n = config_lib.num_joint_codes(config)
   codes = integers(1, (16, n), config.vqvae.codebook_size)
   batch = jax.device_put({"codes": codes}, sharding.batch_sharding(mesh))
   losses = []
   for _ in range(60):
-    state, metrics = step(state, batch, jax.random.key(0))
+    state, metrics = step(state, batch, jax.random.key(0), learning_rate(state.step))
     losses.append(float(metrics["loss"]))
   assert losses[0] == pytest.approx(np.log(config.vqvae.codebook_size), rel=0.05)
   assert losses[-1] < 0.5 * losses[0], losses[::10]

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from mxq_jax import config_lib, sharding
-from mxq_jax.training import checkpoints as checkpointing, stage1, trainer as train_lib
+from mxq_jax.training import checkpoints as checkpointing, optimizer as optimizer_lib, stage1
+from mxq_jax.training import trainer as train_lib
 from conftest import load_config
 
 
@@ -21,10 +22,11 @@ def run_steps(config, mesh, batch, num_steps: int):
   _, shardings = train_lib.abstract_state(stage, mesh, config.seed)
   state = train_lib.init_state(stage, config.seed, shardings)
   step = train_lib.make_train_step(stage, mesh, shardings)
+  learning_rate = train_lib.make_learning_rate(stage, mesh)
   key = jax.random.key(config.seed)
   losses = []
   for _ in range(num_steps):
-    state, metrics = step(state, place(batch, mesh), key)
+    state, metrics = step(state, place(batch, mesh), key, learning_rate(state.step))
     losses.append(float(metrics["loss"]))
   return state, losses
 
@@ -73,11 +75,28 @@ def test_sharded_step_matches_one_device(data, fsdp, monkeypatch):
     assert any("fsdp" in spec for spec in specs), specs
 
 
-# A schedule's length is compiled into the train step. With 3 steps (and 6, :smoke's default,
-# where one run continues), this file's :smoke runs on the default mesh and those of
-# test_remote_paths and test_main share two step programs through the compilation cache
-# (tests/conftest.py), instead of compiling one for each step count.
-SHARED_STEPS = 3
+STEPS = 3  # this file's Trainer runs: a few steps, seconds each at :smoke size.
+
+
+def test_one_compiled_step_serves_every_schedule():
+  """The step takes its learning rate as an argument, from the schedule's own small program:
+  another step budget, warm-up or peak rate (an extended run, a rate sweep) compiles no new
+  train step, and the persistent compilation cache serves it."""
+  programs = set()
+  for steps, warmup, peak in [(STEPS, 2, 3e-4), (5_000, 250, 2e-3)]:
+    config = load_config("synthetic", "smoke")
+    config.vqvae.optim.update(num_steps=steps, warmup_steps=warmup, learning_rate=peak)
+    mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:1])
+    task = stage1.make_task(config)
+    abstract, shardings = train_lib.abstract_state(task, mesh)
+    rate = train_lib.make_learning_rate(task, mesh)
+    programs.add(train_lib.make_train_step(task, mesh, shardings).lower(
+        abstract, stage1.random_batch(config, 16), jax.random.key(0),
+        rate(jnp.int32(0))).as_text())
+    for step in (0, 1, warmup, steps - 1):  # rel: the warm-up's cancellation, eager vs jit.
+      assert float(rate(jnp.int32(step))) == pytest.approx(
+          float(optimizer_lib.learning_rate_schedule(config.vqvae.optim)(step)), rel=1e-4)
+  assert len(programs) == 1
 
 
 def fit_stage1(config, workdir: str, mesh, train_batches):
@@ -88,7 +107,7 @@ def fit_stage1(config, workdir: str, mesh, train_batches):
 
 def test_checkpoint_restore_and_continue(tmp_path):
   config = load_config("synthetic", "smoke")
-  config.vqvae.optim.update(num_steps=SHARED_STEPS, checkpoint_every=2, log_every=2)
+  config.vqvae.optim.update(num_steps=STEPS, checkpoint_every=2, log_every=2)
   mesh = sharding.make_mesh(config.mesh)
   batch = stage1.random_batch(config, config.vqvae.optim.batch_size)
   batches = lambda start: iter([place(batch, mesh)] * 100)
@@ -97,11 +116,11 @@ def test_checkpoint_restore_and_continue(tmp_path):
 
   state, _ = train_lib.Trainer(stage, workdir=workdir, mesh=mesh, seed=0).fit(
       batches)
-  assert int(state.step) == SHARED_STEPS
+  assert int(state.step) == STEPS
   manager = checkpointing.make_manager(os.path.join(workdir, "stage1", "checkpoints"), 2)
-  assert manager.all_steps() == [2, SHARED_STEPS]
+  assert manager.all_steps() == [2, STEPS]
   abstract, _ = train_lib.abstract_state(stage, mesh)
-  restored = checkpointing.restore(manager, SHARED_STEPS, abstract)
+  restored = checkpointing.restore(manager, STEPS, abstract)
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   manager.close()
@@ -113,12 +132,12 @@ def test_checkpoint_restore_and_continue(tmp_path):
     starts.append(start)
     return batches(start)
   state, _ = fit_stage1(config, workdir, mesh, recording_batches)
-  assert starts == [SHARED_STEPS] and int(state.step) == 6
+  assert starts == [STEPS] and int(state.step) == 6
 
 
 def test_incompatible_checkpoint_is_refused_and_nothing_written(tmp_path):
   config = load_config("synthetic", "smoke")
-  config.vqvae.optim.update(num_steps=SHARED_STEPS, checkpoint_every=2)
+  config.vqvae.optim.update(num_steps=STEPS, checkpoint_every=2)
   mesh = sharding.make_mesh(config.mesh)
   batch = stage1.random_batch(config, config.vqvae.optim.batch_size)
   fit_stage1(config, str(tmp_path), mesh, lambda start: iter([place(batch, mesh)] * 10))
@@ -133,7 +152,7 @@ def test_incompatible_checkpoint_is_refused_and_nothing_written(tmp_path):
 
 def test_nan_loss_stops_with_a_clear_error(tmp_path):
   config = load_config("synthetic", "smoke")
-  config.vqvae.optim.update(num_steps=SHARED_STEPS, log_every=1)
+  config.vqvae.optim.update(num_steps=STEPS, log_every=1)
   mesh = sharding.make_mesh(config.mesh)
   batch = stage1.random_batch(config, config.vqvae.optim.batch_size)
   batch["image"][:] = np.nan
@@ -160,7 +179,7 @@ def test_psnr_and_text_accuracy_on_known_cases():
 
 def test_a_profile_is_written_when_the_config_asks_for_one(tmp_path):
   config = load_config("synthetic", "smoke")
-  config.vqvae.optim.update(num_steps=SHARED_STEPS, profile_steps=2,
+  config.vqvae.optim.update(num_steps=STEPS, profile_steps=2,
                             profile_first_step=1)
   mesh = sharding.make_mesh(config.mesh)
   batch = stage1.random_batch(config, config.vqvae.optim.batch_size)
