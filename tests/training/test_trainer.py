@@ -34,7 +34,7 @@ def run_steps(config, mesh, batch, num_steps: int):
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
   config = load_config("synthetic", "smoke")
   config.vqvae.optim.update(learning_rate=3e-3, warmup_steps=1, num_steps=40)
-  mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:1])
+  mesh = sharding.make_mesh(config.mesh)  # the default mesh: the step most tests compile.
   # Two distinct pairs, eight copies each: memorizable in a few steps, masking differs per copy.
   batch = jax.tree.map(lambda x: np.tile(x, (8,) + (1,) * (x.ndim - 1)),
                        stage1.random_batch(config, 2))
