@@ -17,12 +17,13 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from mxq_jax import config_lib, context as context_lib, files, sharding, workdir as workdir_lib
-from mxq_jax.data import pipeline
 from mxq_jax.evaluation import evaluator
 from mxq_jax.generation import generate
 from mxq_jax.training import checkpoints, codes as codes_lib, stage1, trainer as trainer_lib
 
 RunContext = context_lib.RunContext
+# The input pipeline (TensorFlow: about 5 s to import) is imported by the stages that read data,
+# so a finished workdir's "nothing to do" and a refused config take a second or two.
 TRAINED_STAGES = ("stage1", "stage2")  # the stages with test-split metrics.
 
 
@@ -66,6 +67,7 @@ def _fit(context: RunContext, task: trainer_lib.Task, seed: int, train_batches,
 
 def train_stage1(context: RunContext) -> dict[str, float]:
   """The MXQ-VAE on masked pairs of the training split; scored on the test split."""
+  from mxq_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   config, splits = context.config, context.data
   batch_size, batch_sharding = config.vqvae.optim.batch_size, sharding.batch_sharding(context.mesh)
   return _fit(
@@ -84,6 +86,7 @@ def encode(context: RunContext) -> None:
 
 def _prior_batches(context: RunContext, seed: int) -> tuple[Callable, Callable]:
   """(train_batches, eval_batches) of codes: stored ones, or encoded per batch on the fly."""
+  from mxq_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   config, batch_size = context.config, context.config.prior.optim.batch_size
   batch_sharding = sharding.batch_sharding(context.mesh)
   if config.prior.encode_on_the_fly:

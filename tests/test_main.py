@@ -36,6 +36,12 @@ def last_line(result: subprocess.CompletedProcess) -> str:
   return result.stderr.strip().splitlines()[-1]
 
 
+def imported_modules(result: subprocess.CompletedProcess) -> set[str]:
+  """What a command run with PYTHONPROFILEIMPORTTIME=1 imported (its stderr lists them)."""
+  return {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
+          if line.startswith("import time:")}
+
+
 @pytest.fixture(scope="module")
 def trained_workdir(tmp_path_factory):
   """`main` on :smoke: stage 1, the codes, stage 2; then checks of what it wrote."""
@@ -99,11 +105,13 @@ def test_main_evaluates_generated_pairs(trained_workdir):
 def test_main_again_does_nothing_and_refuses_other_models(trained_workdir):
   workdir, common, _ = trained_workdir
   before = snapshot(workdir)
-  again = run_main(*common)
+  again = run_module("mxq_jax.main", *common, PYTHONPROFILEIMPORTTIME="1")
   assert again.returncode == 0, again.stderr[-3000:]
   assert "every selected stage (stage1,encode,stage2,evaluate) is done; nothing to do" in (
       again.stderr)
   assert snapshot(workdir) == before
+  # No data is read, so no TensorFlow (about 5 s of start-up): the rerun takes 2-3 s.
+  assert "jax" in imported_modules(again) and "tensorflow" not in imported_modules(again)
 
   other = run_main(*common, "--config.vqvae.embed_dim=32")
   assert other.returncode == 1
@@ -125,8 +133,7 @@ def test_sample_writes_pairs_and_refuses_to_overwrite(trained_workdir, tmp_path)
   result = run_sample(*flags, PYTHONPROFILEIMPORTTIME="1")  # stderr lists every import.
   assert result.returncode == 0, result.stderr[-3000:]
   assert "wrote 20 pairs" in result.stdout and "pairs/s" in result.stdout
-  imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
-              if line.startswith("import time:")}
+  imported = imported_modules(result)
   assert "jax" in imported and "tensorflow" not in imported  # 5-7 s of start-up it needs not.
   assert sorted(os.listdir(outdir)) == ["grid.png", "images", "samples.jsonl"]
   assert sorted(os.listdir(outdir / "images")) == [f"{i:05d}.png" for i in range(20)]

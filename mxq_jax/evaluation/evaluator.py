@@ -45,7 +45,7 @@ from flax import nnx
 from PIL import Image
 
 from mxq_jax import config_lib, context as context_lib, files, sharding
-from mxq_jax.data import caption_attributes, normalization, pipeline, tokenizer
+from mxq_jax.data import caption_attributes, normalization, tokenizer
 from mxq_jax.evaluation import batching, classifier, pair_metrics, real_data
 from mxq_jax.generation import sampler
 from mxq_jax.training import trainer as trainer_lib
@@ -108,6 +108,7 @@ def parse_captions(captions) -> list[dict | None]:
 def trained_classifier(context: context_lib.RunContext):
   """(the classifier's reader, its held-out accuracy), training it first if the workdir has
   none; refuses (ConfigError) a classifier below config.evaluation.min_classifier_accuracy."""
+  from mxq_jax.data import pipeline  # TensorFlow, where data is read (mxq_jax/run.py).
   config, splits = context.config, context.data
   task = classifier.make_task(config)
   batch_sharding = sharding.batch_sharding(context.mesh)
@@ -257,6 +258,7 @@ def evaluate_samples(context: context_lib.RunContext, samples_dir: str) -> dict:
       **{f"stage1_test_{k}": v for k, v in context.metrics("stage1").items()
          if k not in ("step", "examples")},
   }
+  from mxq_jax.data import pipeline  # TensorFlow, where data is read (mxq_jax/run.py).
   if config.data.name in pipeline.ATTRIBUTE_DATASETS:
     metrics.update(attribute_metrics(context, images, captions))
   else:

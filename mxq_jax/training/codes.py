@@ -14,6 +14,7 @@ number of processes. `on_the_fly` is the alternative that writes nothing.
 import os
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import jax
 import ml_collections
@@ -22,8 +23,10 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from mxq_jax import config_lib, files, interrupts, sharding
-from mxq_jax.data import pipeline
 from mxq_jax.training import checkpoints, stage1, trainer as trainer_lib
+
+if TYPE_CHECKING:  # the data pipeline imports TensorFlow: only where data is read.
+  from mxq_jax.data import pipeline
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "test")
@@ -58,9 +61,10 @@ def is_complete(directory: str) -> bool:
 
 
 def encode_splits(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
-                  splits: pipeline.DataSplits, state: trainer_lib.TrainState,
+                  splits: "pipeline.DataSplits", state: trainer_lib.TrainState,
                   stage1_step: int) -> str:
   """Writes the codes of both splits for the stage-1 `state` of `stage1_step`; returns the dir."""
+  from mxq_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   directory = codes_dir(workdir, stage1_step)
   encode = make_encode_step(config, mesh)
   batch_sharding = sharding.batch_sharding(mesh)
