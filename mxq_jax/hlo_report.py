@@ -236,7 +236,8 @@ REASONS = (
 )
 
 
-_STEP_BOOKKEEPING = REASONS[-1][0]
+_STEP_BOOKKEEPING = next(reason for reason, *_ in REASONS
+                         if reason.startswith("step bookkeeping"))
 
 
 def fp32_reason(source: list[tuple[str, str, int]], op_name: str = "") -> str:

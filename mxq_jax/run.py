@@ -20,10 +20,10 @@ from mxq_jax import config_lib, context as context_lib, files, sharding, workdir
 from mxq_jax.evaluation import evaluator
 from mxq_jax.generation import generate
 from mxq_jax.training import checkpoints, codes as codes_lib, stage1, trainer as trainer_lib
+# Not the input pipeline: it imports TensorFlow (about 5 s), so the stages that read data import
+# it, and a finished workdir's "nothing to do" or a refused config take 2-3 s.
 
 RunContext = context_lib.RunContext
-# The input pipeline (TensorFlow: about 5 s to import) is imported by the stages that read data,
-# so a finished workdir's "nothing to do" and a refused config take a second or two.
 TRAINED_STAGES = ("stage1", "stage2")  # the stages with test-split metrics.
 
 
