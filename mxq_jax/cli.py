@@ -46,15 +46,25 @@ def default_compilation_cache_dir() -> str:
   return os.path.join(base, "mxq_jax", "jax_compilation_cache")
 
 
-def use_compilation_cache() -> str:
+def use_compilation_cache() -> str | None:
   """JAX's persistent compilation cache, in the user's JAX_COMPILATION_CACHE_DIR or else in
   `default_compilation_cache_dir()`: a resumed run, `sample` and `evaluate` load the programs
   an earlier command compiled (minutes at the paper sizes) instead of compiling them again.
-  JAX_ENABLE_COMPILATION_CACHE=false turns it off. Returns the directory."""
+  JAX_ENABLE_COMPILATION_CACHE=false turns it off. Returns the directory (None: the default
+  one cannot be made, which one warning says; the command compiles as before)."""
   import jax
-  if not jax.config.jax_compilation_cache_dir:  # JAX reads JAX_COMPILATION_CACHE_DIR itself.
-    jax.config.update("jax_compilation_cache_dir", default_compilation_cache_dir())
-  return jax.config.jax_compilation_cache_dir
+  if jax.config.jax_compilation_cache_dir:  # JAX reads JAX_COMPILATION_CACHE_DIR itself.
+    return jax.config.jax_compilation_cache_dir
+  directory = default_compilation_cache_dir()
+  try:
+    os.makedirs(directory, exist_ok=True)
+  except OSError as error:  # a read-only home: one line here, not a warning per program.
+    absl_logging.warning("no compilation cache in %s (%s); set JAX_COMPILATION_CACHE_DIR to a "
+                         "writable directory to keep compiled programs", directory,
+                         error.strerror)
+    return None
+  jax.config.update("jax_compilation_cache_dir", directory)
+  return directory
 
 
 def start(distributed: bool = True, compilation_cache: bool = True) -> None:

@@ -98,6 +98,17 @@ def test_commands_keep_compiled_programs_in_the_users_cache(restored_jax_cache_c
       tmp_path / "home" / ".cache" / "mxq_jax" / "jax_compilation_cache")
 
 
+def test_a_cache_that_cannot_be_made_is_one_warning(restored_jax_cache_config, monkeypatch,
+                                                    tmp_path, caplog):
+  import jax
+  jax.config.update("jax_compilation_cache_dir", None)
+  (tmp_path / "file").write_text("")
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))  # a file where a dir belongs.
+  assert cli.use_compilation_cache() is None
+  assert not jax.config.jax_compilation_cache_dir
+  assert "no compilation cache in" in caplog.text and "JAX_COMPILATION_CACHE_DIR" in caplog.text
+
+
 def test_commands_that_report_compile_times_compile(restored_jax_cache_config):
   import jax
   cli.start(distributed=False, compilation_cache=False)  # bench, aot.
