@@ -58,7 +58,7 @@ def use_compilation_cache() -> str | None:
   directory = default_compilation_cache_dir()
   try:
     os.makedirs(directory, exist_ok=True)
-  except OSError as error:  # a read-only home: one line here, not a warning per program.
+  except OSError as error:  # a read-only home: say so, instead of JAX failing per entry.
     absl_logging.warning("no compilation cache in %s (%s); set JAX_COMPILATION_CACHE_DIR to a "
                          "writable directory to keep compiled programs", directory,
                          error.strerror)
