@@ -206,6 +206,9 @@ def _model_file(file: str) -> bool:
   return "/mxq_jax/models/" in file
 
 
+_STEP_BOOKKEEPING = "step bookkeeping: gradient norm, learning rate, step"
+_ARGUMENT = "<argument>"  # the "file" of an op whose only source is the program's argument.
+
 # Why an op of a bfloat16 program computes in float32: (reason, file pattern, function
 # pattern, op_name pattern; None: any). Each op's stack is walked from its innermost frame
 # outwards; the first frame that a reason matches decides. A frame in the model's own files
@@ -231,13 +234,10 @@ REASONS = (
      None),
     ("optimizer: AdamW, clipping, schedule on fp32 parameters and moments", r"optax/", None,
      None),
-    ("step bookkeeping: gradient norm, learning rate, step", r"/training/trainer\.py$",
-     r"train_step$", None),
+    (_STEP_BOOKKEEPING, r"/training/trainer\.py$", r"train_step$", None),
+    # optax negates the rate argument itself: that op carries no location of its own.
+    (_STEP_BOOKKEEPING, rf"^{_ARGUMENT}$", r"^learning_rate\b", None),
 )
-
-
-_STEP_BOOKKEEPING = next(reason for reason, *_ in REASONS
-                         if reason.startswith("step bookkeeping"))
 
 
 def fp32_reason(source: list[tuple[str, str, int]], op_name: str = "") -> str:
@@ -254,6 +254,8 @@ def fp32_reason(source: list[tuple[str, str, int]], op_name: str = "") -> str:
   if not source:
     return "unexplained: no source location"
   file, function, line = source[0]
+  if file == _ARGUMENT:
+    return f"unexplained: computed from the argument {function}"
   return f"unexplained: {file.rsplit('/', 1)[-1]}:{line} {function}"
 
 
@@ -270,19 +272,23 @@ def _call_sites(module: Module) -> dict[str, Instruction]:
 def _source(module: Module, sites: dict, by_name: dict, instruction: Instruction):
   """(frames, op_name) of an op: its own, else its caller's (an op of a called or fused
   computation), else its nearest operand's (an op that XLA or JAX merged from several, e.g. a
-  loss gradient's scalar times a broadcast, keeps only a merged op_name)."""
+  loss gradient's scalar times a broadcast, keeps only a merged op_name), else the program
+  argument it reads (one frame: (_ARGUMENT, the parameter's name, 0))."""
   seen = set()
   while instruction.stack_frame is None and instruction.computation in sites and (
       instruction.computation not in seen):
     seen.add(instruction.computation)
     instruction = sites[instruction.computation]
-  frontier = [instruction]
+  frontier, argument = [instruction], None
   for _ in range(4):  # operands, up to four steps back.
     for candidate in frontier:
       if candidate.stack_frame is not None:
         return module.source(candidate.stack_frame), candidate.op_name
+      if argument is None and candidate.opcode == "parameter" and (
+          candidate.computation == module.entry):
+        argument = candidate.name
     frontier = [by_name[o] for c in frontier for o in c.operands if o in by_name]
-  return [], instruction.op_name
+  return ([(_ARGUMENT, argument, 0)] if argument else []), instruction.op_name
 
 
 def _multiplicities(module: Module) -> dict[str, int]:
@@ -360,11 +366,7 @@ def analyze(text: str, *, fp32_reasons: bool = True, slow_forms: bool = True,
       if instruction.dtype == "bf16" and kind == "add":
         slow["bf16_scatter"] += count
     if fp32_reasons and instruction.dtype == "f32" and instruction.opcode not in _NOT_COMPUTE:
-      source, op_name = _source(module, sites, by_name, instruction)
-      if not source and any(o.startswith("learning_rate") for o in instruction.operands):
-        reason = _STEP_BOOKKEEPING  # optax's sign flip of the rate argument: no location.
-      else:
-        reason = fp32_reason(source, op_name)
+      reason = fp32_reason(*_source(module, sites, by_name, instruction))
       if compiled and reason.startswith("unexplained: models/"):
         reason = "fp32 by the compiler's choice: " + reason.split(": ", 1)[1]
       fp32[reason]["ops"] += count

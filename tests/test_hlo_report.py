@@ -79,6 +79,26 @@ def test_every_fp32_op_of_a_bf16_program_has_a_reason(lowered, program, expected
   assert any(reason.startswith("unexplained: models/") for reason in fp32)
 
 
+# The lowered form of optax's `-learning_rate`, which carries no source location of its own.
+UNLOCATED = """HloModule jit_step, entry_computation_layout={(f32[], f32[4]{0})->(f32[], f32[4]{0})}
+
+ENTRY main.1 {
+  learning_rate.1 = f32[] parameter(0), metadata={op_name="learning_rate"}
+  neg.1 = f32[] negate(learning_rate.1)
+  x.1 = f32[4]{0} parameter(1), metadata={op_name="x"}
+  neg.2 = f32[4]{0} negate(x.1)
+  ROOT tuple.1 = (f32[], f32[4]{0}) tuple(neg.1, neg.2)
+}
+"""
+
+
+def test_an_op_without_a_location_is_placed_by_the_argument_it_reads():
+  reasons = hlo_report.analyze(UNLOCATED)["fp32_ops_by_reason"]
+  assert reasons == {
+      "step bookkeeping: gradient norm, learning rate, step": {"ops": 1, "elements": 1},
+      "unexplained: computed from the argument x.1": {"ops": 1, "elements": 4}}
+
+
 def test_report_of_compiled_programs(monkeypatch):
   """precision_report and its table, on the prior alone (two compiles of seconds)."""
   monkeypatch.setattr(hlo_report, "PROGRAMS", ("stage2/train",))
