@@ -242,7 +242,8 @@ REASONS = (
 
 def fp32_reason(source: list[tuple[str, str, int]], op_name: str = "") -> str:
   """The `REASONS` entry of an fp32 op from its source (innermost frame first), or
-  "unexplained: FILE:LINE FUNCTION"."""
+  "unexplained: FILE:LINE FUNCTION" ("unexplained: computed from the argument NAME" for an
+  op whose only source is a program argument: `_source`)."""
   for file, function, line in source:
     for reason, file_pattern, function_pattern, op_pattern in REASONS:
       if re.search(file_pattern, file) and (
