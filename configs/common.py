@@ -66,7 +66,7 @@ PHOTO_DATASET = {
     "prior.optim.batch_size": 128,
     # Each repeated block compiled once (models/repeated.py): the cub:v5e-8 prior's train step
     # compiled for a v5e-8 in 29 s instead of 64 s, stage 1's in 79 s instead of 91 s (its
-    # convolutions dominate), `python -m mxq_jax.aot` on a 2-core CPU (README, "Cloud TPU").
+    # convolutions dominate), `python -m mxq_jax.aot` on a 2-core CPU (README, "Sharding").
     "vqvae.scan_layers": True,
     "prior.scan_layers": True,
 }

@@ -49,12 +49,12 @@ VARIANTS = {
     # 38%); 3,600 steps end at test NLL 0.993 nats/code, coherence 0.907, caption validity 0.987,
     # attribute TVD 0.058 (1,000 pairs, one seed; README "Stage 2").
     "small_prior": {"prior.dim": 96, "prior.mlp_dim": 384},
-    # Width 64 (MLP 256, 0.27M parameters, 8.7 GFLOP a step): 2.3-2.8x the default prior's steps/s
-    # on 2 cores; it ends at test NLL 1.106 nats/code, too weak for the targets at the default
-    # sampling (coherence 0.854), which colder sampling recovers: caption codes at temperature
-    # 0.9, image codes at 0.3 give coherence 0.900, validity 0.988, TVD 0.088. Whole runs: seed 1
-    # took 22 min 43 s to coherence 0.908, validity 0.989, TVD 0.075; seed 2 ended at 0.844 and
-    # 0.977, below the targets (README "Stage 2").
+    # Width 64 (MLP 256, 0.27M parameters, 8.7 GFLOP a step): 2.15x the default prior's steps/s
+    # on 2 cores (5.09 against 2.36); it ends at test NLL 1.106 nats/code, too weak for the
+    # targets at the default sampling (coherence 0.854), which colder sampling recovers: caption
+    # codes at temperature 0.9, image codes at 0.3 give coherence 0.900, validity 0.988, TVD
+    # 0.088. Whole runs: seed 1 took 22 min 43 s to coherence 0.908, validity 0.989, TVD 0.075;
+    # seed 2 ended at 0.844 and 0.977, below the targets (README "Stage 2").
     "fast": {"prior.dim": 64, "prior.mlp_dim": 256, "sampling.temperature": 0.9,
              "sampling.image_temperature": 0.3},
     # notebooks/quickstart.ipynb on a CPU: stage 1 ends at test PSNR 25.7 dB (28.6 at 5,000

@@ -190,7 +190,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.evaluation = ml_collections.ConfigDict(dict(
       num_samples=1_000,  # pairs generated and scored by the evaluate stage.
       min_classifier_accuracy=0.99,  # held-out accuracy per attribute the classifier must reach.
-      # Real datasets: FID and CLIP score from local weight files (README, "Evaluation");
+      # Real datasets: FID and CLIP score from local weight files (README, "FID and CLIP score");
       # "" skips the metric with a logged note.
       inception_weights="",  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth.
       clip_dir="",  # a local copy of huggingface.co/openai/clip-vit-base-patch32.
