@@ -1,7 +1,7 @@
 r"""Throughput of training and generation: `python -m mxq_jax.bench --config=configs/synthetic.py`.
 
 Prints one JSON object (`mxq_jax/bench_lib.py` says what it holds): the train steps of both
-stages, the sampler at each --sampler_batches size beside the reference-style baseline, and with
+stages, the sampler at each --sampler_batches size beside the uncached baseline, and with
 --parts=modules each submodule's forward and forward+backward time and share of the
 train step (a table on stderr too), with --parts=input the input pipeline, with
 --parts=precision the float32 and bfloat16 train steps' compiled programs side by side (a

@@ -4,8 +4,8 @@ r"""Throughput of training and generation, the library of `python -m mxq_jax.ben
 - for each stage's jitted, sharded train step, on random batches of the configured shapes (the
   input pipeline is measured separately): compile time, steady-state steps/s and examples/s;
 - for the sampler (codes, then pixels and tokens, one compiled program), at each
-  --sampler_batches size: compile time and pairs/s; and the same for the reference-style
-  baseline (batch 1, no KV cache, a full forward over the prefix for every new code), with the
+  --sampler_batches size: compile time and pairs/s; and the same for an uncached baseline
+  (batch 1, no KV cache, a full forward over the prefix for every new code), with the
   ratio of the largest cached batch's pairs/s to the baseline's;
 - each program's model FLOPs from XLA's cost analysis and the achieved FLOP/s as a fraction of
   this machine's dense matmul FLOP/s, measured in the same run; peak memory;
@@ -193,7 +193,7 @@ def bench_sampler(config, mesh, variables, batch_size: int, *, cached: bool, top
 
 def bench_samplers(config, mesh, peak_flops: float, batch_sizes: Sequence[int],
                    min_seconds: float) -> dict:
-  """The cached sampler at each --sampler_batches size, and the reference-style baseline."""
+  """The cached sampler at each --sampler_batches size, and the uncached baseline."""
   variables = []
   for task in (stage2.make_task(config, stage1_step=0), stage1.make_task(config)):
     _, shardings = trainer_lib.abstract_state(task, mesh)
@@ -208,7 +208,7 @@ def bench_samplers(config, mesh, peak_flops: float, batch_sizes: Sequence[int],
   baseline = bench_sampler(config, *one_device, 1, cached=False, **common)
   return {
       "sampler": samplers,
-      "sampler_reference_style_baseline": baseline,
+      "sampler_uncached_baseline": baseline,
       "sampler_speedup_vs_baseline": round(samplers[-1]["pairs_per_s"]
                                            / baseline["pairs_per_s"], 1),
   }

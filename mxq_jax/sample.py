@@ -32,7 +32,8 @@ flags.DEFINE_float("top_p", None, "Sample from the smallest set of codes whose m
 flags.DEFINE_float("temperature", None, "Divides the logits (> 0): < 1 sharper, > 1 flatter.")
 flags.DEFINE_float("image_temperature", None,
                    "The image codes' temperature (> 0); unset in the config too: --temperature.")
-flags.DEFINE_integer("grid_size", 64, "Pairs shown in grid.png (the first ones).")
+flags.DEFINE_integer("grid_size", 64, "Pairs shown in grid.png (the first ones); 0: no grid.png.",
+                     lower_bound=0)
 flags.DEFINE_bool("overwrite", False, "Replace the contents of a non-empty --outdir.")
 flags.mark_flags_as_required(["outdir"])
 flags.register_multi_flags_validator(

@@ -9,8 +9,9 @@ program. The image
 codes may take their own temperature: a pair's content is mostly decided by its caption codes
 (text first), and a colder image keeps the picture faithful to them.
 
-`generate_codes_uncached` decodes the way the reference does (a full forward over the whole
-prefix for every new code, no cache); it is the bench's baseline and the cache's oracle.
+`generate_codes_uncached` decodes without a cache (a full forward over the whole prefix for
+every new code); it is the bench's baseline and the cache's oracle. (The authors' sampler, HF
+`generate`, keeps a KV cache too; `shared/anchors/authors_pytorch/` measures it.)
 """
 
 from collections.abc import Callable
@@ -114,7 +115,7 @@ def make_sampler(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
   {'codes', 'images', 'tokens'}; image_temperature (default: temperature) for the image codes.
 
   The graph definitions come from the config; the variables are the restored states'
-  (`variables_of`). Outputs are sharded over the batch. `cached=False`: the reference-style
+  (`variables_of`). Outputs are sharded over the batch. `cached=False`: the uncached
   baseline; `unroll`: for cost analysis only.
   """
   config_lib.check_divisible_batch(batch_size, mesh.devices.size, "batch_size")

@@ -374,10 +374,11 @@ class PairWriter:
       files.remove(self.staging)
 
   def publish(self) -> None:
-    """Writes grid.png and samples.jsonl (last: on `gs://` it marks the pairs complete), then
+    """Writes grid.png (unless grid_size is 0) and samples.jsonl (last: on `gs://` it marks the pairs complete), then
     renames the staging directory to `outdir`."""
     self.progress.close()
-    save_png(os.path.join(self.staging, "grid.png"),
-             captioned_grid(np.stack(self.grid_images), self.grid_captions))
+    if self.grid_images:  # grid_size=0: no grid.
+      save_png(os.path.join(self.staging, "grid.png"),
+               captioned_grid(np.stack(self.grid_images), self.grid_captions))
     write_jsonl(os.path.join(self.staging, "samples.jsonl"), self.records)
     publish(self.staging, self.outdir)

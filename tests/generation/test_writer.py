@@ -233,3 +233,15 @@ def test_a_discarded_writer_leaves_nothing(tmp_path):
                   [{"id": 0, "caption": "a", "image": pairs.image_name(0)}])
   pairs.discard()
   assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("grid_size", [0, 2])
+def test_a_published_writer_holds_every_pair_and_a_grid_unless_grid_size_is_0(tmp_path,
+                                                                             grid_size):
+  pairs = sw.PairWriter(str(tmp_path / "out"), overwrite=False, total=3, grid_size=grid_size)
+  pairs.add_batch(np.zeros((3, 8, 8, 3), np.uint8),
+                  [{"id": i, "caption": "a", "image": pairs.image_name(i)} for i in range(3)])
+  pairs.publish()
+  assert _listing(tmp_path) == ["out"]
+  assert _listing(tmp_path / "out") == ["grid.png"] * (grid_size > 0) + ["images", "samples.jsonl"]
+  assert len(_listing(tmp_path / "out" / "images")) == 3
