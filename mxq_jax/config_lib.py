@@ -112,6 +112,9 @@ def base_config() -> ml_collections.ConfigDict:
       text_embed_dim=128,
       text_channels=(224, 320, 416, 512),  # widths of the four Conv1d after the embedding.
       text_kernel=15,  # 64 tokens -> 64 - 4 * (15 - 1) = 8 text positions.
+      # A ReLU between the text decoder's two 1x1 convs (widths[-1] -> text_embed_dim ->
+      # vocabulary): a per-position MLP to the logits. The reference has none (two linear maps).
+      text_head_relu=True,
       # Fusion: a BERT-style post-LN Transformer encoder over image then text positions.
       embed_dim=128,  # D: fusion width, codebook vector size.
       fusion_layers=4,
@@ -363,8 +366,8 @@ def mxq_vae_config(config: ml_collections.ConfigDict) -> mxq_vae.MXQVAEConfig:
       vocab_size=config.data.vocab_size, image_channels=tuple(vq.image_channels),
       res_channels=vq.res_channels, num_res_blocks=vq.num_res_blocks,
       text_embed_dim=vq.text_embed_dim, text_channels=tuple(vq.text_channels),
-      text_kernel=vq.text_kernel, embed_dim=vq.embed_dim, fusion=vq.fusion,
-      fusion_layers=vq.fusion_layers, fusion_heads=vq.fusion_heads,
+      text_kernel=vq.text_kernel, text_head_relu=vq.text_head_relu, embed_dim=vq.embed_dim,
+      fusion=vq.fusion, fusion_layers=vq.fusion_layers, fusion_heads=vq.fusion_heads,
       fusion_mlp_dim=vq.fusion_mlp_dim, dropout=vq.dropout,
       position_embeddings=vq.position_embeddings, quantizer=quantizer_config(config),
       decoder_inputs=vq.decoder_inputs, cross_mixer_init=vq.cross_mixer_init,
@@ -395,6 +398,8 @@ _DTYPES = _one_of("float32", "bfloat16")
 FIELD_RULES: tuple[FieldRule, ...] = (
     ("vqvae.image_channels", lambda value: 1 <= len(value) <= 5,
      ": give 1 to 5 widths, one per stride-2 conv (the reference has 3)"),
+    ("vqvae.text_channels", lambda value: len(value) == 4,
+     ": give 4 widths, one per VALID Conv1d (as the reference)"),
     ("data.vocab_size", lambda value: value >= 16, " is too small; use at least 16"),
     ("data.split", *_one_of("official", "class")),
     ("data.caption_choice", *_one_of("random", "first")),

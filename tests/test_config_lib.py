@@ -146,6 +146,7 @@ def test_config_files_load_from_any_working_directory(tmp_path, monkeypatch):
 # A value that breaks each row of FIELD_RULES / OPTIM_RULES / SAMPLING_RULES.
 BAD_FIELDS = {
     "vqvae.image_channels": (8, 8, 8, 8, 8, 8),
+    "vqvae.text_channels": (16, 16, 16),
     "data.vocab_size": 8,
     "data.split": "zero_shot",
     "data.caption_choice": "last",

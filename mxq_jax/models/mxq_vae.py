@@ -55,6 +55,7 @@ class MXQVAEConfig:
   text_embed_dim: int
   text_channels: tuple[int, ...]
   text_kernel: int
+  text_head_relu: bool  # a ReLU between the text decoder's two 1x1 convs (reference: none).
   embed_dim: int  # D: fusion width and code vector size.
   # Fusion: a post-LN Transformer over image then text positions, or "none" (no fusion).
   fusion: Literal["transformer", "none"]
@@ -169,7 +170,8 @@ class MXQVAE(nnx.Module):
         (self.num_text if own else num_positions, config.text_mix_hidden, self.num_text),
         route_from=text_first if routed else None, dtype=dtype, rngs=rngs)
     self.image_decoder = ImageDecoder(*image_sizes, dtype=dtype, scan=scan, rngs=rngs)
-    self.text_decoder = TextDecoder(*text_sizes, dtype=dtype, rngs=rngs)
+    self.text_decoder = TextDecoder(*text_sizes, head_relu=config.text_head_relu, dtype=dtype,
+                                    rngs=rngs)
 
   @property
   def num_codes(self) -> int:

@@ -17,7 +17,9 @@ class TextEncoder(nnx.Module):
 
   def __init__(self, vocab_size: int, embed_dim: int, channels: Sequence[int], kernel: int,
                out_dim: int, *, dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
-    # Trained from scratch, like the reference; N(0, 1) init as torch.nn.Embedding.
+    # Trained from scratch, like the reference, but initialized N(0, 1) (torch.nn.Embedding's
+    # default): the reference's table is BERT's word embeddings, N(0, 0.02^2) with a PAD row
+    # held at zero (padding_idx).
     self.embed = layers.Embed(vocab_size, embed_dim, dtype=dtype,
                            embedding_init=nnx.initializers.normal(1.0), rngs=rngs)
     widths = (embed_dim, *channels)
@@ -37,11 +39,14 @@ class TextEncoder(nnx.Module):
 class TextDecoder(nnx.Module):
   """The encoder's mirror: four VALID ConvTranspose1d (each lengthens by k - 1), two Conv1x1.
 
-  Non-autoregressive: one row of vocabulary logits per token position, [B, L, V].
+  Non-autoregressive: one row of vocabulary logits per token position, [B, L, V]. `head_relu`:
+  a ReLU between the two Conv1x1 (the reference has none: two linear maps in a row).
   """
 
   def __init__(self, vocab_size: int, embed_dim: int, channels: Sequence[int], kernel: int,
-               in_dim: int, *, dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+               in_dim: int, *, head_relu: bool = True, dtype: jnp.dtype = jnp.float32,
+               rngs: nnx.Rngs):
+    self.head_relu = head_relu
     widths = (in_dim, *reversed(channels))  # D -> 512 -> 416 -> 320 -> 224 at the reference.
     self.convs = nnx.List([
         layers.FullConv1d(cin, cout, (kernel,), padding="VALID", kernel_init=layers.kernel_init,
@@ -55,5 +60,7 @@ class TextDecoder(nnx.Module):
     x = z_BxTxD
     for conv in self.convs:
       x = jax.nn.relu(conv(x))
-    x = jax.nn.relu(self.conv_embed(x))
+    x = self.conv_embed(x)
+    if self.head_relu:
+      x = jax.nn.relu(x)
     return self.conv_logits(x)  # [B, T + 4(k-1), V]

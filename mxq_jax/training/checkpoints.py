@@ -223,7 +223,7 @@ def check_directory(directory: str, signature: dict) -> None:
 # Signature fields added after checkpoints were first written, with the value every older
 # checkpoint (which lacks the field) implicitly had: at that value they compare as absent.
 LATER_FIELDS = {"fusion": "transformer", "codebooks": "shared", "decoder_inputs": "joint",
-                "grid_rotary_dims": 0}
+                "grid_rotary_dims": 0, "text_head_relu": True}
 
 
 def _canonical(signature: dict) -> dict:

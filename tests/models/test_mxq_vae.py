@@ -128,6 +128,22 @@ def test_encode_decode_match_the_forward_pass():
   np.testing.assert_allclose(decoded_logits, out.text_logits, atol=1e-5)
 
 
+
+@pytest.mark.parametrize("head_relu", [True, False])
+def test_the_text_heads_relu_is_the_switch(head_relu):
+  """vqvae.text_head_relu=False is the reference's text head: two linear 1x1 convs in a row."""
+  config = tiny_config()
+  config.vqvae.text_head_relu = head_relu
+  decoder = build(config).text_decoder
+  z = normal(0, (2, 8, config.vqvae.embed_dim))
+  hidden = z
+  for conv in decoder.convs:
+    hidden = jax.nn.relu(conv(hidden))
+  pre_activation = decoder.conv_embed(hidden)
+  assert float(jnp.min(pre_activation)) < 0  # so the ReLU would change something.
+  head_input = jax.nn.relu(pre_activation) if head_relu else pre_activation
+  np.testing.assert_allclose(decoder(z), decoder.conv_logits(head_input), rtol=1e-6, atol=1e-6)
+
 def test_routing_kernels_pass_each_modality_through():
   from mxq_jax.models.mxq_vae import routing_kernels
   rng = np.random.default_rng(0)
