@@ -423,14 +423,20 @@ FIELD_RULES: tuple[FieldRule, ...] = (
     ("prior.code_order", *_one_of("image_first", "text_first")),
     ("prior.grid_rotary_dims", *_at_least(0)),
     ("mesh.fsdp", *_at_least(1)),
+    ("evaluation.num_samples", *_at_least(1)),
 )
 
 # Every `optim_config()` that `validate` checks, and the rows of each (relative to it).
-OPTIMS = ("vqvae.optim", "prior.optim")
+OPTIMS = ("vqvae.optim", "prior.optim", "evaluation.classifier_optim")
 OPTIM_RULES: tuple[FieldRule, ...] = (
     ("num_steps", *_at_least(1)),
     ("batch_size", *_at_least(1)),
     ("learning_rate", *_POSITIVE),
+    ("warmup_steps", *_at_least(0)),
+    ("log_every", *_at_least(1)),
+    ("eval_every", *_at_least(0, " (0: only at the end)")),
+    ("checkpoint_every", *_at_least(1, " (a final checkpoint is always written)")),
+    ("keep_checkpoints", *_at_least(1)),
 )
 
 # config.sampling, or the sampling flags of `mxq_jax.sample` (relative names).

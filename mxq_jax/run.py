@@ -37,6 +37,24 @@ def _is_trained(context: RunContext, name: str, optim: ml_collections.ConfigDict
   return step is not None and step >= optim.num_steps
 
 
+def _generated_by(context: RunContext) -> dict:
+  """What the evaluate stage's pairs come from: the prior's step, how many, the seed and the
+  sampling settings (kept in its metrics.json)."""
+  config = context.config
+  return {"stage2_step": context.prior_step(), "num_samples": config.evaluation.num_samples,
+          "seed": config.seed, **generate.sampling_settings(config)}
+
+
+def _is_evaluated(context: RunContext) -> bool:
+  """metrics.json exists and was made by today's prior and settings (one written before they
+  were recorded counts as current)."""
+  path = os.path.join(samples_dir(context.workdir), evaluator.METRICS_NAME)
+  if not files.exists(path):
+    return False
+  generated_by = json.loads(files.read_text(path)).get("generated_by")
+  return generated_by is None or generated_by == _generated_by(context)
+
+
 def pending_stages(context: RunContext) -> list[str]:
   """The selected stages that still have work to do, in order."""
   config, step = context.config, context.stage1_step
@@ -46,9 +64,9 @@ def pending_stages(context: RunContext) -> list[str]:
           step is not None
           and codes_lib.is_complete(codes_lib.codes_dir(context.workdir, step))),
       "stage2": _is_trained(context, "stage2", config.prior.optim),
-      "evaluate": files.exists(os.path.join(samples_dir(context.workdir),
-                                            evaluator.METRICS_NAME)),
   }
+  # A prior still to train makes new pairs to score.
+  done["evaluate"] = done["stage2"] and _is_evaluated(context)
   return [name for name in config_lib.parse_stages(config.stages) if not done[name]]
 
 
@@ -124,7 +142,7 @@ def evaluate(context: RunContext) -> dict[str, float]:
   multihost_utils.sync_global_devices("mxq_jax evaluate: samples written")
   logging.info("evaluate: generated %d pairs in %.1f s (%.1f pairs/s)", summary["pairs"],
                summary["seconds"], summary["pairs_per_s"])
-  return evaluator.evaluate_samples(context, outdir)
+  return evaluator.evaluate_samples(context, outdir, generated_by=_generated_by(context))
 
 
 STAGES: dict[str, Callable[[RunContext], dict | None]] = {

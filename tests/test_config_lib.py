@@ -170,8 +170,10 @@ BAD_FIELDS = {
     "prior.code_order": "random",
     "prior.grid_rotary_dims": -4,
     "mesh.fsdp": 0,
+    "evaluation.num_samples": 0,
 }
-BAD_OPTIM = {"num_steps": 0, "batch_size": 0, "learning_rate": 0.0}
+BAD_OPTIM = {"num_steps": 0, "batch_size": 0, "learning_rate": 0.0, "warmup_steps": -1,
+             "log_every": 0, "eval_every": -1, "checkpoint_every": 0, "keep_checkpoints": 0}
 BAD_SAMPLING = {"top_k": 0, "top_p": 0.0, "temperature": -1.0, "image_temperature": 0.0}
 
 

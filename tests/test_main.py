@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mxq_jax import config_lib, run
+from mxq_jax import config_lib, context as context_lib, run
 from conftest import REPO, load_config
 
 
@@ -94,6 +94,8 @@ def test_main_evaluates_generated_pairs(trained_workdir):
               "from_image_caption_color_kept", "stage1_test_token_accuracy"):
     assert 0.0 <= metrics[key] <= 1.0, key
   assert metrics["stage1_pair_kept"] <= metrics["stage1_image_digit_kept"]
+  assert metrics["generated_by"] == {"stage2_step": 6, "num_samples": 32, "seed": 0, "top_k": 10,
+                                     "top_p": 1.0, "temperature": 1.0, "image_temperature": 0.5}
   assert "from_caption_caption_digit_kept" not in metrics  # each condition scores one half.
   assert metrics["stage1_test_psnr"] > 0
   assert metrics["feature_fid"] >= 0.0 and 1 <= metrics["combinations"] <= 32
@@ -123,6 +125,22 @@ def test_main_again_does_nothing_and_refuses_other_models(trained_workdir):
   assert "stage2/checkpoints holds checkpoints of a different model" in last_line(other_prior)
   assert "dim: checkpoint 32 vs config 64" in last_line(other_prior)
   assert snapshot(workdir) == before
+
+
+def test_a_longer_prior_or_other_sampling_evaluates_again(trained_workdir):
+  """The evaluate stage is done only while metrics.json holds what today's config would make."""
+  workdir = trained_workdir[0]
+
+  def pending(**overrides):
+    config = load_config("synthetic", "smoke")
+    config.data.data_dir = str(workdir.parent / "tfds")
+    config_lib.apply_table(config, overrides)
+    return run.pending_stages(context_lib.for_training(config, str(workdir)))
+
+  assert pending() == []
+  assert pending(**{"sampling.temperature": 0.5}) == ["evaluate"]
+  assert pending(**{"evaluation.num_samples": 64}) == ["evaluate"]
+  assert pending(**{"prior.optim.num_steps": 8}) == ["stage2", "evaluate"]
 
 
 def test_sample_writes_pairs_and_refuses_to_overwrite(trained_workdir, tmp_path):
@@ -174,7 +192,7 @@ def test_sample_writes_pairs_and_refuses_to_overwrite(trained_workdir, tmp_path)
     ({"image_temperature": -1.0}, "--image_temperature=-1.0 must be > 0"),
 ])
 def test_bad_sampling_settings_are_named(setting, message):
-  neutral = {"top_k": 1, "top_p": 1.0, "temperature": 1.0, "image_temperature": None}
+  neutral = {"top_k": 1, "top_p": 1.0, "temperature": 1.0, "image_temperature": 0.5}
   with pytest.raises(config_lib.ConfigError) as error:
     config_lib.validate_sampling(**{**neutral, **setting})
   assert str(error.value).startswith(message)

@@ -244,9 +244,10 @@ def write_tensorboard(context: context_lib.RunContext, metrics: dict) -> None:
   writer.close()
 
 
-def evaluate_samples(context: context_lib.RunContext, samples_dir: str) -> dict:
+def evaluate_samples(context: context_lib.RunContext, samples_dir: str,
+                     generated_by: dict | None = None) -> dict:
   """Every metric of the module docstring, also written to {samples_dir}/metrics.json and to
-  TensorBoard ({workdir}/evaluate)."""
+  TensorBoard ({workdir}/evaluate); `generated_by` (what made the pairs) goes with them."""
   config, splits = context.config, context.data
   images, captions = read_samples(samples_dir)
   if images.shape[1] != config.data.image_size:
@@ -263,6 +264,8 @@ def evaluate_samples(context: context_lib.RunContext, samples_dir: str) -> dict:
     metrics.update(attribute_metrics(context, images, captions))
   else:
     metrics.update(real_data.fid_and_clip(config, images, captions, splits.test.images))
+  if generated_by is not None:
+    metrics["generated_by"] = generated_by
   if jax.process_index() == 0:
     files.write_json(os.path.join(samples_dir, METRICS_NAME), metrics)
   write_tensorboard(context, metrics)

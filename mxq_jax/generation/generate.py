@@ -66,6 +66,8 @@ def generate_pairs(context: context_lib.RunContext, outdir: str, *, num_samples:
 
   Sampling settings (SETTINGS) left None take the workdir's config.sampling values.
   """
+  if num_samples < 1:
+    raise config_lib.ConfigError(f"num_samples={num_samples}: generate at least 1 pair")
   config = context.config
   settings = sampling_settings(config, **given_settings)
   config_lib.validate_sampling(**settings)
@@ -101,20 +103,20 @@ def generate_pairs(context: context_lib.RunContext, outdir: str, *, num_samples:
             {"id": first + i, "caption": captions[i], "image": pairs.image_name(first + i),
              "tokens": through_eos(out["tokens"][i]), "codes": out["codes"][i], "batch": b,
              **settings} for i in range(keep)])
+    seconds = time.perf_counter() - start
+    summary = {
+        "pairs": num_samples, "batch_size": batch_size, "seconds": round(seconds, 2),
+        "pairs_per_s": round(num_samples / seconds, 2),
+        "first_batch_s_compile_included": round(first_batch_s, 2),
+        "stage1_step": context.stage1_step, "stage2_step": context.steps["stage2"], **settings,
+    }
+    if num_batches > 1:
+      steady = (num_samples - batch_size) / max(seconds - first_batch_s, 1e-9)
+      summary["pairs_per_s_after_first_batch"] = round(steady, 2)
+    if pairs:
+      pairs.publish()
   except BaseException:
     if pairs:
       pairs.discard()  # outdir keeps what it held; no staging directory is left behind.
     raise
-  seconds = time.perf_counter() - start
-  summary = {
-      "pairs": num_samples, "batch_size": batch_size, "seconds": round(seconds, 2),
-      "pairs_per_s": round(num_samples / seconds, 2),
-      "first_batch_s_compile_included": round(first_batch_s, 2),
-      "stage1_step": context.stage1_step, "stage2_step": context.steps["stage2"], **settings,
-  }
-  if num_batches > 1:
-    steady = (num_samples - batch_size) / max(seconds - first_batch_s, 1e-9)
-    summary["pairs_per_s_after_first_batch"] = round(steady, 2)
-  if pairs:
-    pairs.publish()
   return summary

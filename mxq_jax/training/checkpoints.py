@@ -226,6 +226,17 @@ LATER_FIELDS = {"fusion": "transformer", "codebooks": "shared", "decoder_inputs"
                 "grid_rotary_dims": 0, "text_head_relu": True}
 
 
+# Recorded by checkpoints written since it was added: older ones are not checked for it.
+RECORDED_LATER = ("optimizer",)
+
+
+def _unrecorded_dropped(current: dict, saved: dict) -> dict:
+  """`current` without the RECORDED_LATER keys that `saved` lacks, at every level."""
+  return {k: _unrecorded_dropped(v, saved[k])
+          if isinstance(v, dict) and isinstance(saved.get(k), dict) else v
+          for k, v in current.items() if not (k in RECORDED_LATER and k not in saved)}
+
+
 def _canonical(signature: dict) -> dict:
   """JSON's view (tuples become lists), without LATER_FIELDS at their implicit values."""
   def strip(value):
@@ -241,6 +252,7 @@ def check_compatible(saved_meta: dict | None, signature: dict, directory: str) -
   if saved_meta is None:
     return
   saved, current = _canonical(saved_meta.get("signature", {})), _canonical(signature)
+  current = _unrecorded_dropped(current, saved)
   diffs = [f"{key}: checkpoint {saved.get(key)!r} vs config {current.get(key)!r}"
            for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
   if diffs:

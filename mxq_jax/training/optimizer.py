@@ -14,6 +14,13 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict) -> optax.Schedule:
   )
 
 
+def state_layout(optim: ml_collections.ConfigDict) -> str:
+  """The tree of the optimizer state `make_optimizer` builds, in words: clipping on or off
+  changes it (a checkpoint written with the other restores nothing); every other field changes
+  only values."""
+  return "clip_by_global_norm, adamw" if optim.grad_clip_norm > 0 else "adamw"
+
+
 def make_optimizer(optim: ml_collections.ConfigDict,
                    schedule: optax.Schedule | None = None) -> optax.GradientTransformation:
   """AdamW by `optim`, with `schedule` (step count -> rate) in place of its own if given."""

@@ -65,6 +65,11 @@ class Task:
     return nnx.split(abstract_model, nnx.Param, ...)[0]
 
   @functools.cached_property
+  def checkpoint_signature(self) -> dict[str, Any]:
+    """What a checkpoint of this task must match: `signature` and the optimizer state's layout."""
+    return dict(self.signature, optimizer=optimizer_lib.state_layout(self.optim))
+
+  @functools.cached_property
   def optimizer(self) -> optax.GradientTransformation:
     return optimizer_lib.make_optimizer(self.optim)
 
@@ -120,7 +125,8 @@ def restore_trained(task: Task, workdir: str, mesh: jax.sharding.Mesh,
         f"{directory} holds {wanted} (found: {sorted(available) or 'none'}); train it with "
         f"`python -m mxq_jax.main --config=... --workdir={workdir}`")
   try:
-    return checkpoints.restore_newest(manager, abstract_state(task, mesh)[0], task.signature,
+    return checkpoints.restore_newest(manager, abstract_state(task, mesh)[0],
+                                      task.checkpoint_signature,
                                       move_damaged=False,
                                       steps=None if step is None else [step])
   finally:
@@ -323,7 +329,7 @@ class Trainer:
       if will_save:
         with progress.timed("checkpoint"):
           checkpoints.save(manager, step, state, {"stage": task.name,
-                                                  "signature": task.signature})
+                                                  "signature": task.checkpoint_signature})
       if stop_signal and not is_last:
         raise interrupts.Stopped(stop_signal, f"{task.name}: saved step {step} and stopped")
     return state, final_metrics
@@ -346,7 +352,8 @@ class Trainer:
     if manager.all_steps():
       try:
         state, step = checkpoints.restore_newest(manager, self.abstract_state,
-                                                 self.task.signature, move_damaged=True)
+                                                 self.task.checkpoint_signature,
+                                                 move_damaged=True)
         logging.info("%s: resumed from the checkpoint of step %d", self.task.name, step)
         return self._log_size(state)
       except checkpoints.CheckpointError as error:  # every one was damaged and moved aside.

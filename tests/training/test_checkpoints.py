@@ -38,6 +38,16 @@ def test_fields_added_later_match_older_checkpoints_at_their_implicit_value(fiel
     checkpoints.check_compatible(older, {"embed_dim": 16, field: "something else"}, "D")
 
 
+def test_the_optimizer_is_checked_where_the_checkpoint_recorded_it():
+  older = {"signature": {"embed_dim": 16, "stage1": {"embed_dim": 16}}}  # before it was.
+  current = {"embed_dim": 16, "optimizer": "adamw",
+             "stage1": {"embed_dim": 16, "optimizer": "adamw"}}
+  checkpoints.check_compatible(older, current, "D")
+  saved = {"signature": dict(current, optimizer="clip_by_global_norm, adamw")}
+  with pytest.raises(config_lib.ConfigError, match="optimizer: checkpoint 'clip_by_global_norm"):
+    checkpoints.check_compatible(saved, current, "D")
+
+
 def test_nested_signatures_are_compared_too():
   saved = {"signature": {"stage1": {"fusion": "transformer", "embed_dim": 16}}}
   checkpoints.check_compatible(saved, {"stage1": {"embed_dim": 16}}, "D")

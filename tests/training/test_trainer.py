@@ -146,6 +146,13 @@ def test_incompatible_checkpoint_is_refused_and_nothing_written(tmp_path):
   config.vqvae.embed_dim = 32
   with pytest.raises(config_lib.ConfigError, match="embed_dim: checkpoint 16 vs config 32"):
     fit_stage1(config, str(tmp_path), mesh, lambda start: iter([]))
+  # Clipping off changes the optimizer state's tree: refused too, not taken for damage (which
+  # would move every checkpoint aside and train from step 0).
+  config.vqvae.embed_dim = 16
+  config.vqvae.optim.grad_clip_norm = 0.0
+  with pytest.raises(config_lib.ConfigError,
+                     match="optimizer: checkpoint 'clip_by_global_norm, adamw' vs config 'adamw'"):
+    fit_stage1(config, str(tmp_path), mesh, lambda start: iter([]))
   after = sorted(str(p) + str(p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
   assert before == after
 
