@@ -129,7 +129,7 @@ def for_trained_workdir(workdir: str) -> RunContext:
     raise config_lib.ConfigError(
         f"{prior_dir} holds no prior checkpoint; train stage 2 first with "
         f"`python -m mxq_jax.main --config=... --workdir={workdir}`")
-  return RunContext(config, workdir, sharding.make_mesh(config.mesh),
+  return RunContext(config, workdir, sharding.make_inference_mesh(config.mesh),
                     meta["signature"]["stage1_step"])
 
 

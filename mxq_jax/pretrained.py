@@ -99,7 +99,7 @@ def load(name_or_dir: str) -> context_lib.RunContext:
   directory = bundle_dir(name_or_dir)
   config = config_lib.from_json_file(os.path.join(directory, "config.json"))
   record = files.read_json(os.path.join(directory, "bundle.json"))
-  context = context_lib.RunContext(config, directory, sharding.make_mesh(config.mesh),
+  context = context_lib.RunContext(config, directory, sharding.make_inference_mesh(config.mesh),
                                    record["steps"]["stage1"])
   tasks = {"stage1": context.stage1_task, "stage2": context.stage2_task,
            CLASSIFIER: classifier.make_task(config)}

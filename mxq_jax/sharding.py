@@ -12,7 +12,10 @@ moments have the parameters' shapes, so they land exactly where their parameters
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from mxq_jax import config_lib
 
 DATA_AXES = ("data", "fsdp")  # the batch dimension is split over both mesh axes.
 FSDP_MIN_SIZE = 2**14  # elements; smaller arrays (biases, norms) are cheaper replicated.
@@ -23,17 +26,29 @@ def make_mesh(mesh_config: ml_collections.ConfigDict, devices=None) -> Mesh:
   devices = jax.devices() if devices is None else devices
   fsdp = mesh_config.fsdp
   if len(devices) % fsdp:
-    raise ValueError(
+    raise config_lib.ConfigError(
         f"config.mesh.fsdp={fsdp} does not divide the {len(devices)} devices; pick a divisor")
   data = len(devices) // fsdp if mesh_config.data == -1 else mesh_config.data
   if data * fsdp != len(devices):
-    raise ValueError(
+    raise config_lib.ConfigError(
         f"config.mesh data={mesh_config.data} x fsdp={fsdp} != {len(devices)} devices; "
         "set config.mesh.data=-1 to use them all")
   # Auto axes: XLA propagates shardings from the ones we pin (jit's in/out shardings), the
   # classic pjit model; jax's newer default, Explicit, would put shardings in the types.
   auto = (jax.sharding.AxisType.Auto,) * 2
   return jax.make_mesh((data, fsdp), ("data", "fsdp"), axis_types=auto, devices=devices)
+
+
+def make_inference_mesh(mesh_config: ml_collections.ConfigDict) -> Mesh:
+  """The trained model's mesh where it fits this machine's devices, else one data axis over
+  them all: a checkpoint restores into any layout, so a workdir trained with fsdp 4 on a slice
+  samples and evaluates on one GPU."""
+  count, fsdp = jax.device_count(), mesh_config.fsdp
+  if count % fsdp or mesh_config.data not in (-1, count // fsdp):
+    logging.info("config.mesh data=%d x fsdp=%d does not fit the %d devices here; sampling "
+                 "data-parallel over all of them", mesh_config.data, fsdp, count)
+    mesh_config = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  return make_mesh(mesh_config)
 
 
 def fsdp_spec(shape: tuple[int, ...], fsdp_size: int) -> P:
