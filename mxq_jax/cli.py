@@ -6,6 +6,7 @@ kept off the accelerators where it is imported: `host_tensorflow`.)"""
 import errno
 import logging as std_logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -161,7 +162,15 @@ def parse_flags(argv: list[str]) -> list[str]:
     return FLAGS(argv)
   except Exception as error:  # config overrides raise AttributeError, TypeError, flags.Error...
     message = _one_line(error)
-    uses_config = any(arg.startswith("--config") for arg in argv[1:])
-    hint = ("every config field is listed in mxq_jax/config_lib.py" if uses_config
+    # ml_collections reports an override of a field the config lacks by the last name only.
+    missing_field = isinstance(error, (AttributeError, KeyError))
+    if missing_field:  # "'embed_dims' Did you mean "embed_dim" instead of "embed_dims"?"
+      name, suggestion = re.fullmatch(r"'?([^']*)'?\s*(.*)", message).groups()
+      given = [arg.split("=", 1)[0] for arg in argv[1:]
+               if arg.startswith("--config.") and name in arg.split("=", 1)[0].split(".")]
+      message = f"{given[0] if given else name}: no such config field" + (
+          f"; {suggestion[0].lower()}{suggestion[1:]}" if suggestion else "")
+    about_config = missing_field or "--config" in message
+    hint = ("every config field is listed in mxq_jax/config_lib.py" if about_config
             else "--help lists the flags")
     sys.exit(f"mxq_jax: error: bad flag or config override ({message}); {hint}")

@@ -252,10 +252,16 @@ def test_unknown_config_field_is_one_clear_line(tmp_path):
                     "--config.vqvae.embed_dims=32")
   assert result.returncode == 1
   assert "Traceback" not in result.stderr
-  last_line = result.stderr.strip().splitlines()[-1]
-  assert last_line.startswith("mxq_jax: error: bad flag or config override")
-  assert 'Did you mean "embed_dim"' in last_line
+  line = last_line(result)
+  assert line.startswith("mxq_jax: error: bad flag or config override (--config.vqvae."
+                         'embed_dims: no such config field; did you mean "embed_dim"')
+  assert line.endswith("every config field is listed in mxq_jax/config_lib.py")
   assert not (tmp_path / "w").exists()
+  # A misspelt flag beside the config is about the flags, not the config's fields.
+  result = run_main("--config=configs/synthetic.py:smoke", f"--work_dir={tmp_path / 'w'}")
+  assert last_line(result) == ("mxq_jax: error: bad flag or config override (Unknown "
+                               "command line flag 'work_dir'. Did you mean: workdir ?); "
+                               "--help lists the flags")
 
 
 @pytest.mark.parametrize("field,value,message", [
