@@ -87,8 +87,9 @@ def start(distributed: bool = True, compilation_cache: bool = True) -> None:
 
 # What the machine can refuse a run: a full disk, a read-only or foreign directory, a file where
 # a directory belongs. Reported as one line; any other OSError is a bug and keeps its traceback.
+_PATH_ERRNOS = {errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
-                       errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
+                       *_PATH_ERRNOS}
 
 
 def run(command: Callable[[], Any]) -> Any:
@@ -116,8 +117,10 @@ def run(command: Callable[[], Any]) -> Any:
       raise
     absl_logging.flush()
     where = f" ({error.filename})" if error.filename else ""
-    sys.exit(f"mxq_jax: error: {error.strerror}{where}; free space or fix the permissions and "
-             "rerun the same command")
+    fix = ("choose another path (a file stands where a directory belongs, or the reverse)"
+           if error.errno in _PATH_ERRNOS else "free space or fix the permissions and rerun the "
+           "same command")
+    sys.exit(f"mxq_jax: error: {error.strerror}{where}; {fix}")
 
 
 def check_flags(check: Callable[[], None]) -> None:

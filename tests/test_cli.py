@@ -31,6 +31,9 @@ def test_a_missing_config_file_is_one_line():
     (OSError(errno.ENOSPC, "No space left on device", "/w/x"),
      "mxq_jax: error: No space left on device (/w/x); free space or fix the permissions and "
      "rerun the same command"),
+    (NotADirectoryError(errno.ENOTDIR, "Not a directory", "/w/file/sub"),
+     "mxq_jax: error: Not a directory (/w/file/sub); choose another path (a file stands where a "
+     "directory belongs, or the reverse)"),
 ])
 def test_errors_a_user_can_fix_are_one_line(error, message):
   def command():
