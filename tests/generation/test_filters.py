@@ -67,3 +67,19 @@ def test_top_p_sampling_never_draws_a_filtered_code():
   assert set(np.unique(np.asarray(codes)).tolist()) == {1, 3}
   # Renormalized over the kept set: 0.5 / 0.8 and 0.3 / 0.8.
   assert abs(np.mean(np.asarray(codes) == 1) - 0.625) < 0.03
+
+
+@pytest.mark.parametrize("top_k, top_p, temperature", [(6, 0.9, 0.7), (3, 1.0, 1.5), (12, 0.6, 1.0)])
+def test_sampled_codes_follow_the_fully_filtered_distribution(top_k, top_p, temperature):
+  """sample_codes (top-p over its k sorted candidates) draws what filtering all K logits in
+  Hugging Face's order gives: top_k_filter and top_p_filter are its oracle."""
+  n, logits_1xK = 40_000, jnp.asarray(normal(3, (1, 12)))
+  filtered = sampling.top_p_filter(
+      sampling.top_k_filter(sampling.apply_temperature(logits_1xK, temperature), top_k), top_p)
+  expected = np.asarray(jax.nn.softmax(filtered[0]))
+  codes = sampling.sample_codes(jax.random.key(4), jnp.broadcast_to(logits_1xK, (n, 12)),
+                                top_k=top_k, top_p=top_p, temperature=temperature)
+  observed = np.bincount(np.asarray(codes), minlength=12) / n
+  assert set(np.flatnonzero(observed)) <= set(np.flatnonzero(expected))  # nothing filtered.
+  # 4 binomial standard errors at n = 40,000 are at most 0.01.
+  np.testing.assert_allclose(observed, expected, atol=0.01)
