@@ -374,8 +374,8 @@ class PairWriter:
       files.remove(self.staging)
 
   def publish(self) -> None:
-    """Writes grid.png (unless grid_size is 0) and samples.jsonl (last: on `gs://` it marks the pairs complete), then
-    renames the staging directory to `outdir`."""
+    """Writes grid.png (unless grid_size is 0) and samples.jsonl (last: on `gs://` it marks the
+    pairs complete), then renames the staging directory to `outdir`."""
     self.progress.close()
     if self.grid_images:  # grid_size=0: no grid.
       save_png(os.path.join(self.staging, "grid.png"),

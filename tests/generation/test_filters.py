@@ -69,7 +69,8 @@ def test_top_p_sampling_never_draws_a_filtered_code():
   assert abs(np.mean(np.asarray(codes) == 1) - 0.625) < 0.03
 
 
-@pytest.mark.parametrize("top_k, top_p, temperature", [(6, 0.9, 0.7), (3, 1.0, 1.5), (12, 0.6, 1.0)])
+@pytest.mark.parametrize("top_k, top_p, temperature",
+                         [(6, 0.9, 0.7), (3, 1.0, 1.5), (12, 0.6, 1.0)])
 def test_sampled_codes_follow_the_fully_filtered_distribution(top_k, top_p, temperature):
   """sample_codes (top-p over its k sorted candidates) draws what filtering all K logits in
   Hugging Face's order gives: top_k_filter and top_p_filter are its oracle."""
