@@ -40,6 +40,9 @@ def test_load_splits_and_train_batches(name, tmp_path):
   assert train.all_tokens.shape == (32, 10, config.data.text_length)
   np.testing.assert_array_equal(train.num_captions, 10)
   np.testing.assert_array_equal(train.tokens, train.all_tokens[:, 0])
+  # Novelty is scored against all ten captions of each image, in order, not only the first.
+  assert len(train.every_caption) == 320 and len(set(train.every_caption[:10])) == 10
+  assert train.every_caption[0::10] == tuple(train.captions)
   assert train.captions[0] == train.captions[0].lower()  # config.data.lowercase.
   assert os.path.exists(tmp_path / "work" / "tokenizer.model")
   sharding = jax.sharding.NamedSharding(jax.make_mesh((8,), ("data",)),

@@ -57,6 +57,12 @@ class Split:
   # past an image's count, and the count.
   all_tokens: np.ndarray | None = None  # int32 [n, C, text_length].
   num_captions: np.ndarray | None = None  # int32 [n], in [1, C].
+  all_captions: tuple[str, ...] | None = None  # every caption of the n images, in order.
+
+  @property
+  def every_caption(self) -> tuple[str, ...]:
+    """All captions of this slice's images (novelty is scored against every one of them)."""
+    return self.all_captions if self.all_captions is not None else tuple(self.captions)
 
   @property
   def num_examples(self) -> int:
@@ -135,7 +141,8 @@ def _make_split(name: str, raw: _RawSplit, tokenizer: tokenizer_lib.Tokenizer,
       labels={key: value[mine] for key, value in raw.labels.items()}, num_global=n,
       num_truncated=num_truncated,
       all_tokens=all_tokens[mine] if several else None,
-      num_captions=counts[mine] if several else None)
+      num_captions=counts[mine] if several else None,
+      all_captions=tuple(c for cs in raw.captions[mine] for c in cs) if several else None)
 
 
 def _build(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:

@@ -1,13 +1,14 @@
 """CLIP (ViT-B/32) image and text towers, tokenizer and preprocessing, over Hugging Face's files.
 
 CLIP score measures how well a caption describes its image without references: it is the
-cosine similarity of the two CLIP embeddings. Here, as in torchmetrics' `CLIPScore`,
+cosine similarity of the two CLIP embeddings. Here, each pair clipped at 0 as Hessel et al. do,
 
   clip_score = 100 * mean_i max(cos(image_embedding_i, text_embedding_i), 0),
 
-in [0, 100]. Hessel et al. (2021, "CLIPScore") define the same quantity with weight 2.5
-instead of 100 (multiply by 0.025 to compare) and prefix captions with "A photo depicts";
-no prefix is added here.
+in [0, 100]. (torchmetrics' `CLIPScore` clips the mean instead of each pair: the same figure
+unless some pair's cosine is negative.) Hessel et al. (2021, "CLIPScore") define the same
+quantity with weight 2.5 instead of 100 (multiply by 0.025 to compare) and prefix captions with
+"A photo depicts"; no prefix is added here.
 
 Everything follows Hugging Face's `CLIPModel` on huggingface.co/openai/clip-vit-base-patch32
 (config.json, model.safetensors, vocab.json, merges.txt), so the published folder is read as it

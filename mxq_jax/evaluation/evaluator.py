@@ -4,7 +4,7 @@ OUT is a directory written by `python -m mxq_jax.sample` (or the evaluate stage)
 go to OUT/metrics.json (replaced on every run: it is derived from OUT), to stdout, and to
 TensorBoard under DIR/evaluate (tagged generated/NAME, at the prior's step). On every dataset:
 
-  novelty             captions that are not copies of a training caption (first captions)
+  novelty             captions that are not copies of a training caption (any of an image's)
   stage1_test_*       stage 1's own test metrics (PSNR, token accuracy, codebook usage and
                       perplexity), as its training last wrote them
 
@@ -85,6 +85,10 @@ def read_samples(samples_dir: str) -> tuple[np.ndarray, list[str]]:
       raise config_lib.ConfigError(
           f"{samples_dir}: cannot read the image {image} ({error}); regenerate the directory "
           "with `python -m mxq_jax.sample`") from None
+  if not images or len({image.shape for image in images}) > 1:
+    listed = "no pairs" if not images else "images of several sizes"
+    raise config_lib.ConfigError(f"{samples_dir}: samples.jsonl lists {listed}; regenerate the "
+                                 "directory with `python -m mxq_jax.sample`")
   return np.stack(images), [caption for _, caption in records]
 
 
@@ -251,11 +255,12 @@ def evaluate_samples(context: context_lib.RunContext, samples_dir: str,
   config, splits = context.config, context.data
   images, captions = read_samples(samples_dir)
   if images.shape[1] != config.data.image_size:
-    raise ValueError(f"{samples_dir} holds {images.shape[1]} px images; the workdir's model "
-                     f"makes {config.data.image_size} px")
+    raise config_lib.ConfigError(
+        f"{samples_dir} holds {images.shape[1]} px images; the workdir's model makes "
+        f"{config.data.image_size} px")
   metrics = {
       "pairs": len(captions),
-      "novelty": pair_metrics.novelty(captions, list(splits.train.captions)),
+      "novelty": pair_metrics.novelty(captions, list(splits.train.every_caption)),
       **{f"stage1_test_{k}": v for k, v in context.metrics("stage1").items()
          if k not in ("step", "examples")},
   }

@@ -39,3 +39,14 @@ def test_a_missing_image_names_it(tmp_path):
   (tmp_path / "images/00001.png").unlink()
   with pytest.raises(config_lib.ConfigError, match="cannot read the image images/00001.png"):
     evaluator.read_samples(str(tmp_path))
+
+
+def test_no_pairs_or_mixed_sizes_are_one_line(tmp_path):
+  write_samples(tmp_path / "empty", 0)
+  (tmp_path / "empty" / "samples.jsonl").write_text("")  # a run that wrote no pair.
+  with pytest.raises(config_lib.ConfigError, match="samples.jsonl lists no pairs; regenerate"):
+    evaluator.read_samples(str(tmp_path / "empty"))
+  write_samples(tmp_path / "mixed", 2)
+  Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "mixed/images/00001.png")
+  with pytest.raises(config_lib.ConfigError, match="lists images of several sizes"):
+    evaluator.read_samples(str(tmp_path / "mixed"))
