@@ -98,7 +98,7 @@ def for_training(config: ml_collections.ConfigDict, workdir: str) -> RunContext:
   context = RunContext(config, workdir, sharding.make_mesh(config.mesh),
                        _stage1_step_for_training(config, workdir))
   checkpoints.check_directory(checkpoints.checkpoint_dir(workdir, "stage1"),
-                              stage1.make_task(config).checkpoint_signature)
+                              context.stage1_task.checkpoint_signature)
   stages = config_lib.parse_stages(config.stages)
   if "encode" in stages or "stage2" in stages:
     if context.stage1_step is None:
@@ -106,9 +106,8 @@ def for_training(config: ml_collections.ConfigDict, workdir: str) -> RunContext:
           f"config.stages={config.stages!r} needs a trained stage 1, and {workdir} has no "
           "stage-1 checkpoint; add stage1 to config.stages")
     if "stage2" in stages:
-      prior = stage2.make_task(config, context.stage1_step)
       checkpoints.check_directory(checkpoints.checkpoint_dir(workdir, "stage2"),
-                                  prior.checkpoint_signature)
+                                  context.stage2_task.checkpoint_signature)
   return context
 
 
